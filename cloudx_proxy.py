@@ -1,0 +1,1180 @@
+#!/usr/bin/env python3
+"""cloudx-proxy: reach EC2 instances over SSH through AWS Systems Manager.
+
+A single-file, standard-library-only drop-in for the PyPI ``cloudx-proxy``.
+Put it in an SSH ``ProxyCommand``::
+
+    ProxyCommand python3 /path/cloudx_proxy.pyz connect %h %p --profile cloudX
+
+``connect`` finds the instance, starts it when it is stopped, waits for SSM,
+pushes the public key with EC2 Instance Connect and hands stdin/stdout to
+``aws ssm start-session``. AWS is reached only through the ``aws`` CLI.
+stdout is the SSH byte stream: every message goes to stderr.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+# ---------------------------------------------------------------------------
+# Imports that connect needs (others are imported where they are used)
+# ---------------------------------------------------------------------------
+import json
+import os
+import re
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # names for annotations only; typing costs start-up time
+    import argparse
+    import subprocess
+    from collections.abc import Mapping
+    from typing import NoReturn
+
+# ---------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------
+PROG = "cloudx-proxy"
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+DEFAULT_REGION = "eu-west-1"
+DEFAULT_USER = "ec2-user"
+DEFAULT_TIMEOUT = 300.0
+SSM_DOCUMENT = "AWS-StartSSHSession"
+# EC2 Instance Connect keeps a pushed key for 60 s; reuse a push only well
+# inside that, so the SSH handshake after the session starts is covered too.
+PUSH_REUSE_SECONDS = 40.0
+# Re-push while waiting for SSM once the last push is this old.
+PUSH_REFRESH_SECONDS = 30.0
+# How long another connect's "I started it" marker stops us starting again.
+START_MARKER_SECONDS = 60.0
+# Timeouts handed to every aws call so that nothing hangs ssh forever.
+AWS_CONNECT_TIMEOUT = 10
+AWS_READ_TIMEOUT = 20
+# Wall-clock limit for one aws process (its own retries included).
+AWS_CALL_TIMEOUT = 90.0
+# One poll round lasts at least this long (an aws process usually takes more).
+MIN_POLL_INTERVAL = 1.0
+
+INSTANCE_ID_RE = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
+# Profile, key and aws-env names: no whitespace, quotes, shell metacharacters
+# or path separators, and no leading '-' (it would read as an option).
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+=,:-]{0,127}")
+REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}")
+OS_USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+PUBKEY_RE = re.compile(
+    r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521))\s+([A-Za-z0-9+/]+={0,3})(?:\s.*)?"
+)
+AWS_ERROR_RE = re.compile(
+    r"An error occurred \(([\w.]+)\) when calling the (\w+) operation"
+    r"(?: \(reached max retries: \d+\))?: ?(.*)"
+)
+
+# The IAM permission each operation needs, for "access denied" hints.
+PERMISSIONS = {
+    "DescribeInstances": "ec2:DescribeInstances",
+    "StartInstances": "ec2:StartInstances",
+    "DescribeInstanceInformation": "ssm:DescribeInstanceInformation",
+    "StartSession": "ssm:StartSession",
+    "SendSSHPublicKey": "ec2-instance-connect:SendSSHPublicKey",
+    "GetCallerIdentity": "sts:GetCallerIdentity",
+}
+
+AWS_INSTALL_HINT = (
+    "install AWS CLI v2: https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"
+)
+PLUGIN_INSTALL_HINT = (
+    "install the Session Manager plugin: https://docs.aws.amazon.com/systems-manager/latest/"
+    "userguide/session-manager-working-with-install-plugin.html"
+)
+SSM_AGENT_HINT = "check that the SSM agent runs on the instance and its instance role allows SSM"
+VSCODE_TIMEOUT_HINT = (
+    'the instance may still be starting: connect again, and give VSCode time with "remote.SSH.connectTimeout": 90'
+)
+
+
+def _standard_dirs(program: str) -> list[str]:
+    """Where installers put ``aws`` / ``session-manager-plugin`` besides PATH."""
+    home = os.path.expanduser("~")
+    if os.name == "nt":
+        pf = [os.environ.get(v) for v in ("ProgramFiles", "ProgramFiles(x86)", "ProgramW6432")]
+        roots = [p for p in pf if p] or [r"C:\Program Files"]
+        sub = r"Amazon\AWSCLIV2" if program == "aws" else r"Amazon\SessionManagerPlugin\bin"
+        local = os.environ.get("LOCALAPPDATA", "")
+        extra = [os.path.join(local, "Programs", "Python", "Scripts")] if local else []
+        return [os.path.join(r, sub) for r in roots] + extra
+    dirs = ["/usr/local/bin", "/opt/homebrew/bin", "/usr/bin", "/snap/bin", os.path.join(home, ".local", "bin")]
+    if program == "aws":
+        dirs += ["/usr/local/aws-cli/v2/current/bin", "/opt/local/bin"]
+    else:
+        dirs += ["/usr/local/sessionmanagerplugin/bin", "/opt/homebrew/opt/session-manager-plugin/bin"]
+    return dirs
+
+
+# ---------------------------------------------------------------------------
+# The one error type
+# ---------------------------------------------------------------------------
+class CloudxError(Exception):
+    """A failure the user can act on: one line, an optional hint, an exit code."""
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = EXIT_ERROR, code: str | None = None):
+        super().__init__(message)
+        self.message, self.hint, self.exit_code = message, hint, exit_code
+        self.code = code  # the AWS error code, when the failure came from AWS
+
+
+def usage_error(message: str, hint: str | None = None) -> CloudxError:
+    """A CloudxError for bad input (exit 2)."""
+    return CloudxError(message, hint, EXIT_USAGE)
+
+
+# ---------------------------------------------------------------------------
+# Output helpers: everything human-readable goes to stderr
+# ---------------------------------------------------------------------------
+_VERBOSE = False
+
+
+def log(msg: str) -> None:
+    """Print a progress line on stderr."""
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+def debug(msg: str) -> None:
+    """Print a debug line on stderr when --verbose is on."""
+    if _VERBOSE:
+        print(f"{PROG}: debug: {msg}", file=sys.stderr, flush=True)
+
+
+def quote_argv(argv: list[str]) -> str:
+    """Render an argv the way a POSIX shell would need it typed."""
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def render_error(e: CloudxError) -> str:
+    """One line for a failure: the message and, when there is one, the fix."""
+    text = f"{PROG}: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else "")
+    return " ".join(text.split())
+
+
+# ---------------------------------------------------------------------------
+# Pure helpers: validation, parsing, rendering
+# ---------------------------------------------------------------------------
+def validate_instance_id(value: str) -> str:
+    """Return the instance id, or raise a usage error."""
+    if not INSTANCE_ID_RE.fullmatch(value or ""):
+        raise usage_error(
+            f"invalid instance id {value!r}: expected 'i-' and 8 or 17 lowercase hex digits",
+            "example: i-0123456789abcdef0",
+        )
+    return value
+
+
+def validate_port(value: str | int) -> int:
+    """Return the port as an int in 1..65535, or raise a usage error."""
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise usage_error(f"invalid port {value!r}: expected a number from 1 to 65535")
+    return int(text)
+
+
+def validate_name(kind: str, value: str) -> str:
+    """Check a profile, key or aws-env name: no whitespace, quotes, metacharacters or paths."""
+    if not NAME_RE.fullmatch(value or "") or ".." in value:
+        raise usage_error(
+            f"invalid {kind} {value!r}: use letters, digits and . _ - @ + = , : "
+            "(no spaces, quotes, shell metacharacters, path separators or '..')"
+        )
+    return value
+
+
+def validate_region(value: str) -> str:
+    """Check an AWS region name such as eu-west-1."""
+    if not REGION_RE.fullmatch(value or ""):
+        raise usage_error(f"invalid region {value!r}: expected a region name such as eu-west-1")
+    return value
+
+
+def validate_os_user(value: str) -> str:
+    """Check the OS user that EC2 Instance Connect authorizes the key for."""
+    if not OS_USER_RE.fullmatch(value or ""):
+        raise usage_error(f"invalid user {value!r}: expected a Linux user name such as ec2-user")
+    return value
+
+
+def validate_timeout(value: str | float) -> float:
+    """Return the start-up timeout in seconds (1 to 3600)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 1 <= seconds <= 3600:
+        raise usage_error(f"invalid timeout {value!r}: expected seconds from 1 to 3600")
+    return seconds
+
+
+def validate_path(kind: str, value: str) -> str:
+    """Reject paths that no file can have or that would break a config line."""
+    if not value or any(c in value for c in "\0\n\r"):
+        raise usage_error(f"invalid {kind} {value!r}: empty or contains a control character")
+    return value
+
+
+def parse_public_key(text: str, path: str) -> str:
+    """Return 'TYPE BASE64' from a .pub file's text, or raise."""
+    line = text.strip()
+    match = PUBKEY_RE.fullmatch(line) if "\n" not in line else None
+    if not match:
+        raise CloudxError(
+            f"{path} is not an OpenSSH public key (ssh-ed25519, ssh-rsa or ecdsa)",
+            f"regenerate it: ssh-keygen -y -f {path[:-4] if path.endswith('.pub') else path} > {path}",
+        )
+    return f"{match.group(1)} {match.group(2)}"
+
+
+def default_profile_and_key(home: str) -> tuple[str, str, str]:
+    """The reference tool's defaults: (profile, key name, ssh dir).
+
+    ~/.ssh/cloudX if it exists, else ~/.ssh/vscode if that exists, else cloudX.
+    """
+    cloudx = os.path.join(home, ".ssh", "cloudX")
+    vscode = os.path.join(home, ".ssh", "vscode")
+    if os.path.exists(cloudx):
+        return "cloudX", "cloudX", cloudx
+    if os.path.exists(vscode):
+        return "vscode", "vscode", vscode
+    return "cloudX", "cloudX", cloudx
+
+
+def profile_section(config: dict[str, dict[str, str]], profile: str) -> dict[str, str] | None:
+    """The ``[profile P]`` (or ``[default]``) section of a parsed AWS config file."""
+    names = ["default", "profile default"] if profile == "default" else [f"profile {profile}"]
+    for name in names:
+        if name in config:
+            return config[name]
+    return None
+
+
+def resolve_region(arg: str | None, environ: Mapping[str, str], section: dict[str, str] | None) -> tuple[str, str]:
+    """Region and where it came from: --region, env, the profile, else eu-west-1."""
+    if arg:
+        return arg, "--region"
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if environ.get(var):
+            return environ[var], var
+    if section and section.get("region"):
+        return section["region"], "profile"
+    return DEFAULT_REGION, "default"
+
+
+def sso_cache_file(config: dict[str, dict[str, str]], section: dict[str, str]) -> str | None:
+    """Name of the SSO token cache file the aws CLI would use for a profile, if SSO."""
+    import hashlib
+
+    session = section.get("sso_session")
+    if session:
+        key = session
+    elif section.get("sso_start_url"):
+        key = section["sso_start_url"]
+    else:
+        return None
+    return hashlib.sha1(key.encode("utf-8")).hexdigest() + ".json"
+
+
+def parse_aws_time(text: str) -> float | None:
+    """Parse an SSO cache timestamp ('2026-01-01T10:00:00Z' or '...UTC') to epoch."""
+    import calendar
+
+    m = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)", text or "")
+    if not m:
+        return None
+    return float(calendar.timegm(tuple(int(g) for g in m.groups()) + (0, 0, 0)))  # type: ignore[arg-type]
+
+
+def sso_token_expired(token: dict[str, object] | None, now: float) -> bool:
+    """True when an SSO login must be renewed: the token has expired and cannot be refreshed."""
+    if not token:
+        return True
+    expires = parse_aws_time(str(token.get("expiresAt", "")))
+    if expires is not None and expires > now:
+        return False
+    # aws CLI v2 refreshes an expired access token itself while the client
+    # registration behind the refresh token is still valid.
+    registration = parse_aws_time(str(token.get("registrationExpiresAt", "")))
+    return not (token.get("refreshToken") and registration is not None and registration > now)
+
+
+def classify_aws_error(stderr: str, operation: str, profile: str, region: str, instance_id: str | None = None) -> CloudxError:
+    """Turn the aws CLI's error output into one line with a fix."""
+    text = stderr.strip()
+    match = AWS_ERROR_RE.search(text)
+    code = match.group(1) if match else None
+    op = match.group(2) if match else operation
+    detail = match.group(3).strip() if match else (text.splitlines()[-1].strip() if text else "no error output")
+    login = f"aws sso login --profile {profile}"
+    what = f"instance {instance_id}" if instance_id else "the instance"
+    if "could not be found" in text and "profile" in text:
+        return CloudxError(f"AWS profile '{profile}' not found", f"aws configure --profile {profile}", code="ProfileNotFound")
+    if "Unable to locate credentials" in text or "NoCredentialsError" in text:
+        return CloudxError(
+            f"no AWS credentials for profile '{profile}'", f"aws configure --profile {profile}", code="NoCredentials"
+        )
+    sso_markers = ("Token has expired", "SSO session", "UnauthorizedSSOToken", "Error loading SSO Token", "sso login")
+    if any(m in text for m in sso_markers):
+        return CloudxError(f"the AWS SSO session of profile '{profile}' has expired", login, code=code or "SSOExpired")
+    if code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired"):
+        return CloudxError(
+            f"the AWS credentials of profile '{profile}' have expired",
+            f"{login} (SSO), or refresh the temporary credentials",
+            code=code,
+        )
+    if code in ("InvalidClientTokenId", "UnrecognizedClientException", "AuthFailure", "SignatureDoesNotMatch"):
+        return CloudxError(
+            f"AWS rejected the credentials of profile '{profile}' ({code})",
+            f"check them with: aws sts get-caller-identity --profile {profile}",
+            code=code,
+        )
+    if code and ("AccessDenied" in code or code == "UnauthorizedOperation"):
+        perm = PERMISSIONS.get(op, op)
+        return CloudxError(
+            f"access denied: profile '{profile}' lacks permission {perm}",
+            "ask your administrator for the cloudX user policy (see README: IAM permissions)",
+            code=code,
+        )
+    if code in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed", "EC2InstanceNotFoundException"):
+        return CloudxError(
+            f"{what} not found in region {region}",
+            "check the instance id, and the region (--region or the profile's region)",
+            code=code,
+        )
+    if code in ("ThrottlingException", "RequestLimitExceeded", "Throttling", "TooManyRequestsException"):
+        return CloudxError(f"AWS throttled {op} after retries: {detail}", "wait a moment and connect again", code=code)
+    if "Could not connect to the endpoint URL" in text or "Connect timeout on endpoint URL" in text:
+        return CloudxError(
+            f"cannot reach AWS ({op}) in region {region}", "check the network / proxy settings and the region", code="EndpointConnectionError"
+        )
+    if "Read timeout on endpoint URL" in text:
+        return CloudxError(f"AWS did not answer {op} in time", "check the network and connect again", code="ReadTimeout")
+    if code:
+        return CloudxError(f"{op} failed: {code}: {detail}", code=code)
+    return CloudxError(f"aws {op} failed: {detail}")
+
+
+def aws_base_args(profile: str, region: str) -> list[str]:
+    """Options every aws call gets: profile, region, JSON output and network timeouts."""
+    return [
+        "--profile", profile,
+        "--region", region,
+        "--output", "json",
+        "--cli-connect-timeout", str(AWS_CONNECT_TIMEOUT),
+        "--cli-read-timeout", str(AWS_READ_TIMEOUT),
+    ]  # fmt: skip
+
+
+def build_session_argv(aws: str, instance_id: str, port: int, profile: str, region: str) -> list[str]:
+    """The ``aws ssm start-session`` command that carries the SSH stream."""
+    return [
+        aws, "ssm", "start-session",
+        "--target", instance_id,
+        "--document-name", SSM_DOCUMENT,
+        "--parameters", f"portNumber={port}",
+        *aws_base_args(profile, region),
+    ]  # fmt: skip
+
+
+def parse_instance_state(data: object, instance_id: str) -> str | None:
+    """EC2 state name of one instance from describe-instances JSON (None if absent)."""
+    for reservation in (data or {}).get("Reservations", []):  # type: ignore[union-attr]
+        for inst in reservation.get("Instances", []):
+            if inst.get("InstanceId") == instance_id:
+                return str(inst.get("State", {}).get("Name"))
+    return None
+
+
+def parse_ping_status(data: object, instance_id: str) -> str:
+    """SSM PingStatus of one instance from describe-instance-information JSON."""
+    for info in (data or {}).get("InstanceInformationList", []):  # type: ignore[union-attr]
+        if info.get("InstanceId") == instance_id:
+            return str(info.get("PingStatus"))
+    return "NotRegistered"
+
+
+def parse_previous_state(data: object) -> str | None:
+    """PreviousState of the first instance in a start-instances response."""
+    items = (data or {}).get("StartingInstances") or [{}]  # type: ignore[union-attr]
+    return items[0].get("PreviousState", {}).get("Name")
+
+
+def cache_dir(environ: Mapping[str, str], home: str) -> str:
+    """Our cache directory: $XDG_CACHE_HOME/cloudx-proxy, ~/.cache/..., %LOCALAPPDATA%."""
+    if os.name == "nt" and environ.get("LOCALAPPDATA"):
+        return os.path.join(environ["LOCALAPPDATA"], "cloudx-proxy")
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    return os.path.join(base, "cloudx-proxy")
+
+
+def push_record_fresh(record: object, expect: dict[str, str], now: float, window: float = PUSH_REUSE_SECONDS) -> bool:
+    """True when a stored key push matches this connect and is recent enough to reuse.
+
+    Any doubt (different key or config, unreadable record, clock gone backwards)
+    means push afresh.
+    """
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in expect.items()):
+        return False
+    pushed = record.get("t")
+    return isinstance(pushed, (int, float)) and 0 <= now - pushed < window
+
+
+# ---------------------------------------------------------------------------
+# File helpers
+# ---------------------------------------------------------------------------
+def ensure_private_dir(path: str) -> str:
+    """Create a 0700 directory (and parents) if missing; tighten ours if looser."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.name != "nt":
+        st = os.stat(path)
+        if st.st_mode & 0o077 and st.st_uid == os.getuid():
+            os.chmod(path, 0o700)
+    return path
+
+
+def atomic_write(path: str, text: str, mode: int = 0o600) -> None:
+    """Write a file via a temp file in the same directory and a rename."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="~")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_json_file(path: str) -> object:
+    """Parsed JSON from a file, or None when it is missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+class FileLock:
+    """An exclusive lock on a file (fcntl on POSIX, msvcrt on Windows), with a deadline.
+
+    The OS drops the lock when its holder dies, so a killed connect never
+    leaves a stale lock behind.
+    """
+
+    def __init__(self, path: str, deadline: float):
+        self.path, self.deadline, self.fd = path, deadline, -1
+
+    def __enter__(self) -> FileLock:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        waited = False
+        while not self._try_lock():
+            if time.monotonic() >= self.deadline:
+                os.close(self.fd)
+                raise CloudxError(f"timed out waiting for the lock {self.path}", "another connect holds it; try again")
+            if not waited:
+                debug(f"waiting for lock {self.path}")
+                waited = True
+            time.sleep(0.1)
+        return self
+
+    def _try_lock(self) -> bool:
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)  
+            else:
+                import fcntl
+
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(self.fd, msvcrt.LK_UNLCK, 1)  
+        finally:
+            os.close(self.fd)  # closing releases an flock
+
+
+# ---------------------------------------------------------------------------
+# Process runner: every external command goes through run_cmd
+# ---------------------------------------------------------------------------
+def find_program(name: str, path_var: str | None) -> tuple[str | None, list[str]]:
+    """Find an executable on PATH, then in its standard install places.
+
+    Returns (path or None, the directories looked in).
+    """
+    exts = [""]
+    if os.name == "nt":
+        exts = [e.lower() for e in os.environ.get("PATHEXT", ".EXE;.BAT;.CMD").split(";") if e] + [""]
+    dirs = [d for d in (path_var or "").split(os.pathsep) if d]
+    looked: list[str] = []
+    for d in dirs + [d for d in _standard_dirs(name) if d not in dirs]:
+        looked.append(d)
+        for ext in exts:
+            candidate = os.path.join(d, name + ext)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return candidate, looked
+    return None, looked
+
+
+def run_cmd(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command with captured output; a missing program or a timeout is a CloudxError."""
+    import subprocess
+
+    debug("run: " + quote_argv(argv))
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=env
+        )
+    except FileNotFoundError:
+        raise CloudxError(f"{argv[0]} not found", AWS_INSTALL_HINT if "aws" in argv[0] else None) from None
+    except subprocess.TimeoutExpired:
+        raise CloudxError(
+            f"{os.path.basename(argv[0])} {' '.join(argv[1:3])} did not finish within {timeout:.0f} s",
+            "check the network connection to AWS",
+        ) from None
+    debug(f"exit {proc.returncode} after {time.monotonic() - started:.2f} s: {' '.join(argv[1:3])}")
+    return proc
+
+
+class Aws:
+    """How to run the aws CLI for one profile and region: the one helper for every call."""
+
+    def __init__(self, path: str, profile: str, region: str, env: dict[str, str], instance_id: str | None = None):
+        self.path, self.profile, self.region, self.env = path, profile, region, env
+        self.instance_id = instance_id
+
+    def argv(self, args: list[str]) -> list[str]:
+        """The full argv for an aws call."""
+        return [self.path, *args, *aws_base_args(self.profile, self.region)]
+
+    def __call__(self, args: list[str], timeout: float = AWS_CALL_TIMEOUT) -> object:
+        """Run ``aws ARGS`` and return its parsed JSON, or raise a classified CloudxError."""
+        proc = run_cmd(self.argv(args), timeout=timeout, env=self.env)
+        if proc.returncode != 0:
+            op = "".join(w.capitalize() for w in args[1].split("-")) if len(args) > 1 else args[0]
+            op = op.replace("Ssh", "SSH")
+            debug(f"aws stderr: {proc.stderr.strip()}")
+            raise classify_aws_error(proc.stderr, op, self.profile, self.region, self.instance_id)
+        try:
+            return json.loads(proc.stdout) if proc.stdout.strip() else None
+        except ValueError:
+            raise CloudxError(f"unexpected output from aws {' '.join(args[:2])}") from None
+
+    def many(self, calls: dict[str, list[str]]) -> dict[str, object]:
+        """Run independent aws calls side by side; each result is its JSON or its CloudxError."""
+        if len(calls) == 1:
+            (name, args), = calls.items()
+            return {name: self._capture(args)}
+        import threading
+
+        results: dict[str, object] = {}
+
+        def work(name: str, args: list[str]) -> None:
+            results[name] = self._capture(args)
+
+        threads = [threading.Thread(target=work, args=item, daemon=True) for item in calls.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+
+    def _capture(self, args: list[str]) -> object:
+        try:
+            return self(args)
+        except CloudxError as e:
+            return e
+
+
+# ---------------------------------------------------------------------------
+# aws operations returning plain data
+# ---------------------------------------------------------------------------
+def aws_push_key_args(instance_id: str, user: str, public_key: str) -> list[str]:
+    """Arguments of the EC2 Instance Connect key push."""
+    return [
+        "ec2-instance-connect", "send-ssh-public-key",
+        "--instance-id", instance_id,
+        "--instance-os-user", user,
+        "--ssh-public-key", public_key,
+    ]  # fmt: skip
+
+
+def aws_ssm_status_args(instance_id: str) -> list[str]:
+    """Arguments of the SSM agent status query for one instance."""
+    return ["ssm", "describe-instance-information", "--filters", f"Key=InstanceIds,Values={instance_id}"]
+
+
+def aws_describe_args(instance_id: str) -> list[str]:
+    """Arguments of describe-instances for one instance."""
+    return ["ec2", "describe-instances", "--instance-ids", instance_id]
+
+
+def aws_start_args(instance_id: str) -> list[str]:
+    """Arguments of start-instances for one instance."""
+    return ["ec2", "start-instances", "--instance-ids", instance_id]
+
+
+def aws_instance_state(aws: Aws, instance_id: str) -> str:
+    """Current EC2 state name of the instance; not found is an error."""
+    state = parse_instance_state(aws(aws_describe_args(instance_id)), instance_id)
+    if state is None:
+        raise CloudxError(
+            f"instance {instance_id} not found in region {aws.region}",
+            "check the instance id, and the region (--region or the profile's region)",
+        )
+    return state
+
+
+# ---------------------------------------------------------------------------
+# connect
+# ---------------------------------------------------------------------------
+class ConnectPlan:
+    """Everything connect decided before talking to AWS (validated, resolved)."""
+
+    instance_id: str
+    port: int
+    profile: str
+    region: str
+    region_source: str
+    user: str
+    key_name: str
+    ssh_dir: str
+    pub_path: str
+    timeout: float
+    env: dict[str, str]
+    config_file: str
+    credentials_file: str
+    config: dict[str, dict[str, str]]
+    cache: str
+
+    def __init__(self, **fields: object) -> None:
+        self.__dict__.update(fields)
+
+
+def read_ini(path: str) -> dict[str, dict[str, str]] | None:
+    """Sections of an AWS-style INI file, or None when it does not exist."""
+    import configparser
+
+    parser = configparser.RawConfigParser(strict=False, interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, configparser.Error) as e:
+        raise CloudxError(f"cannot read AWS config file {path}: {str(e).splitlines()[0]}") from None
+    return {name: dict(parser.items(name)) for name in parser.sections()}
+
+
+def plan_connect(args: argparse.Namespace, environ: Mapping[str, str]) -> ConnectPlan:
+    """Validate connect's arguments and resolve profile, region, key and AWS files (no AWS call)."""
+    a = args
+    instance_id = validate_instance_id(a.instance_id)  
+    port = validate_port(a.port)  
+    home = os.path.expanduser("~")
+    d_profile, d_key, d_dir = default_profile_and_key(home)
+    profile = validate_name("profile", a.profile if a.profile is not None else d_profile)  
+    key_name = validate_name("ssh key name", a.ssh_key if a.ssh_key is not None else d_key)  
+    user = validate_os_user(a.user)  
+    timeout = validate_timeout(a.timeout)  
+    if a.region is not None:  
+        validate_region(a.region)  
+    if a.ssh_dir is not None:  
+        ssh_dir = os.path.expanduser(validate_path("--ssh-dir", a.ssh_dir))  
+    elif a.ssh_config is not None:  
+        ssh_dir = os.path.dirname(os.path.expanduser(validate_path("--ssh-config", a.ssh_config)))  
+    else:
+        ssh_dir = d_dir
+    env = dict(environ)
+    if a.aws_env is not None:  
+        name = validate_name("aws-env", a.aws_env)  
+        env_dir = os.path.join(home, ".aws", "aws-envs", name)
+        if not os.path.isdir(env_dir):
+            raise CloudxError(
+                f"AWS environment directory {env_dir} does not exist",
+                f"create it with config and credentials files, or drop --aws-env {name}",
+            )
+        env["AWS_CONFIG_FILE"] = os.path.join(env_dir, "config")
+        env["AWS_SHARED_CREDENTIALS_FILE"] = os.path.join(env_dir, "credentials")
+    config_file = os.path.expanduser(env.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"))
+    credentials_file = os.path.expanduser(
+        env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials")
+    )
+    config = read_ini(config_file) or {}
+    region, source = resolve_region(a.region, env, profile_section(config, profile))  
+    if not REGION_RE.fullmatch(region):
+        where = "the profile's region setting" if source == "profile" else source
+        raise CloudxError(f"invalid region {region!r} from {where}", "fix it, or pass --region")
+    return ConnectPlan(
+        instance_id=instance_id, port=port, profile=profile, region=region, region_source=source,
+        user=user, key_name=key_name, ssh_dir=ssh_dir, pub_path=os.path.join(ssh_dir, key_name + ".pub"),
+        timeout=timeout, env=env, config_file=config_file, credentials_file=credentials_file,
+        config=config, cache=cache_dir(environ, home),
+    )  # fmt: skip
+
+
+def check_profile(plan: ConnectPlan) -> None:
+    """Fail fast, without an aws process, on an unknown profile or an expired SSO login."""
+    section = profile_section(plan.config, plan.profile)
+    creds = read_ini(plan.credentials_file) or {}
+    env_creds = plan.profile == "default" and plan.env.get("AWS_ACCESS_KEY_ID")
+    if section is None and plan.profile not in creds and not env_creds:
+        raise CloudxError(
+            f"AWS profile '{plan.profile}' not found in {plan.config_file} or {plan.credentials_file}",
+            f"run: aws configure --profile {plan.profile}   (or {PROG} setup)",
+        )
+    if section is None:
+        return
+    cache_file = sso_cache_file(plan.config, section)
+    if section.get("sso_session") and f"sso-session {section['sso_session']}" not in plan.config:
+        raise CloudxError(
+            f"profile '{plan.profile}' names sso_session '{section['sso_session']}', which is not in {plan.config_file}",
+            f"aws configure sso --profile {plan.profile}",
+        )
+    if cache_file:
+        home = os.path.expanduser("~")
+        token = read_json_file(os.path.join(home, ".aws", "sso", "cache", cache_file))
+        if sso_token_expired(token if isinstance(token, dict) else None, time.time()):
+            raise CloudxError(
+                f"the AWS SSO session of profile '{plan.profile}' has expired (or never logged in)",
+                f"aws sso login --profile {plan.profile}",
+            )
+
+
+def read_public_key(path: str) -> str:
+    """The public key to push, as 'TYPE BASE64'."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(16384)
+    except FileNotFoundError:
+        raise CloudxError(
+            f"public key {path} not found",
+            f"run '{PROG} setup', or pass --ssh-key/--ssh-dir to name an existing key",
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CloudxError(f"cannot read public key {path}: {e}") from None
+    return parse_public_key(text, path)
+
+
+def locate_tools(env: dict[str, str]) -> tuple[str, str]:
+    """Find aws and session-manager-plugin; a plugin off PATH is added to the child PATH."""
+    aws, looked = find_program("aws", env.get("PATH"))
+    if not aws:
+        raise CloudxError(f"the aws CLI was not found on PATH or in {', '.join(looked[-6:])}", AWS_INSTALL_HINT)
+    plugin, looked = find_program("session-manager-plugin", env.get("PATH"))
+    if not plugin:
+        raise CloudxError(
+            f"session-manager-plugin was not found on PATH or in {', '.join(looked[-6:])}", PLUGIN_INSTALL_HINT
+        )
+    path_dirs = env.get("PATH", "").split(os.pathsep)
+    for tool in (aws, plugin):
+        tool_dir = os.path.dirname(tool)
+        if tool_dir not in path_dirs:
+            debug(f"{os.path.basename(tool)} found off PATH at {tool}; adding {tool_dir} to PATH for aws")
+            env["PATH"] = os.pathsep.join([tool_dir, *[d for d in path_dirs if d]])
+            path_dirs = env["PATH"].split(os.pathsep)
+    return aws, plugin
+
+
+class PushCache:
+    """Remembers the last successful key push, to skip it on a repeat connect."""
+
+    def __init__(self, plan: ConnectPlan, public_key: str):
+        self.path = os.path.join(
+            plan.cache, f"push-{plan.region}-{plan.instance_id}-{plan.user}-{plan.profile}.json"
+        )
+        self.expect = {"key": public_key, "config": plan.config_file, "credentials": plan.credentials_file}
+
+    def fresh(self) -> bool:
+        """True when the last push for this profile/region/instance/user/key can be reused."""
+        return push_record_fresh(read_json_file(self.path), self.expect, time.time())
+
+    def record(self, pushed_at: float) -> None:
+        """Store a successful push (best effort: a cache that cannot be written costs time only)."""
+        try:
+            ensure_private_dir(os.path.dirname(self.path))
+            atomic_write(self.path, json.dumps({**self.expect, "t": pushed_at}))
+        except OSError as e:
+            debug(f"cannot write {self.path}: {e}")
+
+    def forget(self) -> None:
+        """Drop the record, so that the next connect pushes afresh."""
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def hand_over(argv: list[str], env: dict[str, str], push_cache: PushCache) -> int:
+    """Replace this process with the aws session (POSIX), or run it as a child (Windows).
+
+    On POSIX a tiny sh stays as the parent so that a failed session forgets
+    the key-push record; no Python process of ours outlives the hand-over.
+    """
+    sys.stderr.flush()
+    if os.name == "nt":
+        return run_session_child(argv, env, None, push_cache)
+    env = dict(env, CLOUDX_PROXY_PUSH_RECORD=push_cache.path)
+    script = '"$@"; rc=$?; [ "$rc" -eq 0 ] || rm -f -- "$CLOUDX_PROXY_PUSH_RECORD"; exit "$rc"'
+    os.execve("/bin/sh", ["sh", "-c", script, "sh", *argv], env)
+    return EXIT_ERROR  # not reached
+
+
+def run_session_child(argv: list[str], env: dict[str, str], deadline: float | None, push_cache: PushCache | None) -> int:
+    """Run the session as a child with inherited stdin/stdout.
+
+    With a deadline, a StartSession refused with TargetNotConnected (the SSM
+    agent dropping for a moment right after boot) is retried with backoff: the
+    aws CLI fails that call before it reads stdin, so nothing is lost.
+    """
+    import signal
+    import subprocess
+
+    delay = 0.5
+    while True:
+        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+
+        def forward(signum: int, _frame: object) -> None:
+            proc.send_signal(signum)
+
+        for sig in ("SIGTERM", "SIGHUP"):
+            if hasattr(signal, sig):
+                signal.signal(getattr(signal, sig), forward)
+        held: list[str] = []
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace")
+            if "(TargetNotConnected)" in line:
+                held.append(line)  # decided below: retried quietly or shown
+            else:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        rc = proc.wait()
+        if rc != 0 and push_cache:
+            push_cache.forget()
+        if rc == 0 or not held or deadline is None:
+            sys.stderr.write("".join(held))
+            return rc
+        if time.monotonic() + delay >= deadline:
+            sys.stderr.write("".join(held))
+            raise CloudxError("the SSM agent on the instance did not accept the session in time", VSCODE_TIMEOUT_HINT)
+        debug(f"StartSession: target not connected yet; retrying in {delay:.1f} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def connect_dry_run(plan: ConnectPlan) -> int:
+    """Print each step and the exact commands a connect would run; call nothing."""
+    aws, _ = find_program("aws", plan.env.get("PATH"))
+    plugin, _ = find_program("session-manager-plugin", plan.env.get("PATH"))
+    aws_cmd = aws or "aws"
+    tool = Aws(aws_cmd, plan.profile, plan.region, plan.env, plan.instance_id)
+    try:
+        public_key, key = read_public_key(plan.pub_path), f"{plan.pub_path} (found)"
+    except CloudxError as e:
+        public_key, key = f"<{plan.pub_path}>", f"{plan.pub_path} ({e.message})"
+    steps = [
+        f"[dry run] connect {plan.instance_id} port {plan.port}",
+        f"[dry run] profile {plan.profile}, region {plan.region} (from {plan.region_source}), "
+        f"AWS config {plan.config_file}",
+        f"[dry run] public key {key}, pushed for user {plan.user}",
+        f"[dry run] aws: {aws or 'not found'}; session-manager-plugin: {plugin or 'not found'}",
+        "[dry run] 1. check SSM and push the key, side by side:",
+        "    " + quote_argv(tool.argv(aws_ssm_status_args(plan.instance_id))),
+        "    " + quote_argv(tool.argv(aws_push_key_args(plan.instance_id, plan.user, public_key))),
+        "[dry run] 2. if the instance is not running: start it, then wait for SSM PingStatus Online "
+        f"(up to {plan.timeout:.0f} s):",
+        "    " + quote_argv(tool.argv(aws_start_args(plan.instance_id))),
+        "[dry run] 3. hand stdin/stdout to the session:",
+        "    " + quote_argv(build_session_argv(aws_cmd, plan.instance_id, plan.port, plan.profile, plan.region)),
+    ]
+    for line in steps:
+        print(line, file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    """ProxyCommand entry: get the instance running and online, push the key, start the session."""
+    plan = plan_connect(args, os.environ)
+    if args.dry_run:  
+        return connect_dry_run(plan)
+    check_profile(plan)
+    public_key = read_public_key(plan.pub_path)
+    aws_path, _plugin = locate_tools(plan.env)
+    aws = Aws(aws_path, plan.profile, plan.region, plan.env, plan.instance_id)
+    session = build_session_argv(aws_path, plan.instance_id, plan.port, plan.profile, plan.region)
+    cache = PushCache(plan, public_key)
+    deadline = time.monotonic() + plan.timeout
+    iid = plan.instance_id
+
+    if cache.fresh():
+        debug("key pushed moments ago for this instance: reusing it")
+        log("Starting session...")
+        return hand_over(session, plan.env, cache)
+
+    log("Pushing SSH key...")
+    pushed_at = time.time()
+    first = aws.many({"push": aws_push_key_args(iid, plan.user, public_key), "ssm": aws_ssm_status_args(iid)})
+    push, ssm = first["push"], first["ssm"]
+    if isinstance(push, CloudxError) and push.code != "EC2InstanceStateInvalidException":
+        raise push
+    if isinstance(ssm, CloudxError):
+        raise ssm
+    status = parse_ping_status(ssm, iid)
+    debug(f"key push {'failed: ' + push.message if isinstance(push, CloudxError) else 'ok'}; PingStatus {status}")
+    if not isinstance(push, CloudxError) and status == "Online":
+        cache.record(pushed_at)
+        log("Starting session...")
+        return hand_over(session, plan.env, cache)
+
+    # Cold path: the instance is not running, or SSM is not online yet.
+    key_pushed = None if isinstance(push, CloudxError) else pushed_at
+    started = False
+    if key_pushed is None:
+        started = ensure_started(aws, plan, deadline)
+    key_pushed = wait_until_online(aws, plan, public_key, deadline, key_pushed, started)
+    cache.record(key_pushed)
+    log("Starting session...")
+    return run_session_child(session, plan.env, deadline, cache)
+
+
+def ensure_started(aws: Aws, plan: ConnectPlan, deadline: float, ignore_marker: bool = False) -> bool:
+    """Start the instance unless another connect just did; True if this process started it.
+
+    A lock per instance makes concurrent connects call StartInstances once: the
+    first records a marker, the others see it and only wait.
+    """
+    iid = plan.instance_id
+    ensure_private_dir(plan.cache)
+    marker = os.path.join(plan.cache, f"started-{plan.region}-{iid}")
+    with FileLock(os.path.join(plan.cache, f"lock-{plan.region}-{iid}"), deadline):
+        try:
+            age = time.time() - os.path.getmtime(marker)
+        except OSError:
+            age = -1.0
+        if not ignore_marker and 0 <= age < START_MARKER_SECONDS:
+            log(f"Instance {iid} is being started by another connection; waiting...")
+            return False
+        while True:
+            try:
+                previous = parse_previous_state(aws(aws_start_args(iid)))
+            except CloudxError as e:
+                if e.code != "IncorrectInstanceState":
+                    raise
+                state = aws_instance_state(aws, iid)
+                if state in ("terminated", "shutting-down"):
+                    raise CloudxError(f"instance {iid} is {state}", "it cannot be started; use another instance") from None
+                if state == "stopping":
+                    log(f"Instance {iid} is stopping; it will be started once stopped...")
+                    wait_for_state(aws, plan, deadline, "stopped")
+                    continue
+                if state in ("pending", "running"):
+                    return False
+                raise
+            if previous == "stopped":
+                with open(marker, "w", encoding="utf-8"):
+                    pass
+                log(f"Starting instance {iid}...")
+                return True
+            debug(f"start-instances: instance was {previous}")
+            return False
+
+
+def wait_for_state(aws: Aws, plan: ConnectPlan, deadline: float, wanted: str) -> None:
+    """Poll describe-instances until the instance reaches a state, within the deadline."""
+    while True:
+        round_start = time.monotonic()
+        state = aws_instance_state(aws, plan.instance_id)
+        if state == wanted:
+            return
+        if state in ("terminated", "shutting-down"):
+            raise CloudxError(f"instance {plan.instance_id} is {state}")
+        _pace(round_start, deadline, f"waiting for instance {plan.instance_id} to be {wanted} (it is {state})")
+
+
+def _pace(round_start: float, deadline: float, what: str, hint: str = VSCODE_TIMEOUT_HINT) -> None:
+    """End a poll round: fail past the deadline, else keep rounds at least MIN_POLL_INTERVAL apart."""
+    now = time.monotonic()
+    if now >= deadline:
+        raise CloudxError(f"timed out {what}", hint)
+    time.sleep(max(0.0, min(MIN_POLL_INTERVAL - (now - round_start), deadline - now)))
+
+
+def wait_until_online(
+    aws: Aws, plan: ConnectPlan, public_key: str, deadline: float, key_pushed: float | None, started: bool
+) -> float:
+    """Poll SSM until the agent is Online, keeping the key pushed; returns when it was pushed.
+
+    Each round runs the SSM query beside whichever EC2 call is useful: the
+    instance state while it is not known to be running, else a key push when
+    the last one is getting old. Polls follow each other without a pause, so
+    Online is noticed within about one aws process time.
+    """
+    iid = plan.instance_id
+    log("Waiting for SSM connectivity...")
+    state = "running" if key_pushed else "unknown"
+    restarted = False
+    status = "NotRegistered"
+    while True:
+        round_start = time.monotonic()
+        calls = {"ssm": aws_ssm_status_args(iid)}
+        if state != "running":
+            calls["ec2"] = aws_describe_args(iid)
+        elif key_pushed is None or time.time() - key_pushed > PUSH_REFRESH_SECONDS:
+            calls["push"] = aws_push_key_args(iid, plan.user, public_key)
+        push_time = time.time()
+        results = aws.many(calls)
+        if "ec2" in results:
+            described = results["ec2"]
+            if isinstance(described, CloudxError):
+                raise described
+            state = parse_instance_state(described, iid) or "missing"
+            if state in ("stopped", "stopping", "terminated", "shutting-down", "missing"):
+                if state == "stopped" and not started and not restarted:
+                    restarted = True  # another connect's start did not take: start it ourselves
+                    started = ensure_started(aws, plan, deadline, ignore_marker=True)
+                    state = "unknown"
+                    continue
+                raise CloudxError(
+                    f"instance {iid} became {state} while waiting for it to start",
+                    "check the instance in the EC2 console (something stopped it), then connect again",
+                )
+        if "push" in results:
+            pushed = results["push"]
+            if isinstance(pushed, CloudxError):
+                if pushed.code != "EC2InstanceStateInvalidException":
+                    raise pushed
+                state = "unknown"
+            else:
+                key_pushed = push_time
+        ssm = results["ssm"]
+        if isinstance(ssm, CloudxError):
+            raise ssm
+        status = parse_ping_status(ssm, iid)
+        debug(f"EC2 state {state}, SSM PingStatus {status}")
+        if status == "Online" and state == "running":
+            if key_pushed is None or time.time() - key_pushed > PUSH_REUSE_SECONDS:
+                log("Pushing SSH key...")
+                key_pushed = time.time()
+                aws(aws_push_key_args(iid, plan.user, public_key))
+            return key_pushed
+        what = f"after {plan.timeout:.0f} s waiting for {iid} to be Online in SSM (EC2 {state}, SSM {status})"
+        _pace(round_start, deadline, what, VSCODE_TIMEOUT_HINT if started else SSM_AGENT_HINT)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+CONNECT_EPILOG = """examples:
+  cloudx-proxy connect i-0123456789abcdef0
+  cloudx-proxy connect i-0123456789abcdef0 22 --profile myprofile --ssh-key mykey
+  cloudx-proxy connect i-0123456789abcdef0 2222 --region us-east-1
+  cloudx-proxy connect i-0123456789abcdef0 22 --profile myprofile --aws-env prod
+  cloudx-proxy connect i-0123456789abcdef0 --dry-run
+
+in ~/.ssh/config (what setup writes):
+  ProxyCommand python3 /path/to/cloudx_proxy.pyz connect %h %p --profile cloudX --ssh-key cloudX
+
+defaults: if ~/.ssh/cloudX exists, profile and key 'cloudX' there; else if
+~/.ssh/vscode exists, 'vscode'; else 'cloudX'. The key pushed is
+<ssh-dir>/<ssh-key>.pub. Region: --region, AWS_REGION/AWS_DEFAULT_REGION,
+the profile's region, else eu-west-1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with one subcommand per command."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            """One line on stderr and exit 2, instead of argparse's usage block."""
+            raise usage_error(f"{message}", f"see: {self.prog} --help")
+
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug lines on stderr")
+    parser = Parser(
+        prog=PROG,
+        description="SSH to EC2 instances through AWS Systems Manager (stdlib-only cloudX client).",
+        parents=[verbose],
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    p = sub.add_parser(
+        "connect",
+        parents=[verbose],
+        help="connect to an instance (used as the SSH ProxyCommand)",
+        description="Start the instance if needed, push the SSH key and open an SSM session on stdin/stdout.",
+        epilog=CONNECT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("instance_id", metavar="INSTANCE_ID", help="EC2 instance id, e.g. i-0123456789abcdef0")
+    p.add_argument("port", metavar="PORT", nargs="?", default="22", help="port on the instance (default: 22)")
+    p.add_argument("--profile", help="AWS profile (default: cloudX, or vscode for a legacy ~/.ssh/vscode setup)")
+    p.add_argument("--region", help="AWS region (default: from the profile, else eu-west-1)")
+    p.add_argument("--ssh-key", help="SSH key name in the ssh dir (default: as --profile)")
+    p.add_argument("--ssh-config", help="SSH config file; its directory is the ssh dir unless --ssh-dir is given")
+    p.add_argument("--ssh-dir", help="directory holding the SSH key (default: ~/.ssh/cloudX)")
+    p.add_argument("--aws-env", help="use ~/.aws/aws-envs/AWS_ENV/{config,credentials}")
+    p.add_argument("--user", default=DEFAULT_USER, help="OS user the key is pushed for (default: ec2-user)")
+    p.add_argument("--timeout", default=str(DEFAULT_TIMEOUT), help="seconds to wait for start-up (default: 300)")
+    p.add_argument("--dry-run", action="store_true", help="print each step and command; call nothing")
+    p.set_defaults(func=cmd_connect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the command; CloudxError becomes error/hint lines and an exit code."""
+    global _VERBOSE
+    args = None
+    try:
+        args = build_parser().parse_args(argv)
+        _VERBOSE = bool(getattr(args, "verbose", False))
+        return int(args.func(args))
+    except CloudxError as e:
+        print(render_error(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as e:
+        if _VERBOSE:
+            raise
+        print(render_error(CloudxError(str(e), "run again with --verbose for details")), file=sys.stderr)
+        return EXIT_ERROR
+
+
+def run() -> None:
+    """Console and zipapp entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

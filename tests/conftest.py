@@ -1,0 +1,71 @@
+"""Shared fixtures: the end-to-end rig (see docs/test-rig.md)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from rig import Home, Rig, have_prerequisites
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+DEFAULT_REGION = "eu-west-1"
+DEFAULT_PROFILE = "cloudX"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip locally; in CI (CI=true) fail, so CI never passes on skipped e2e tests."""
+    if IN_CI:
+        pytest.fail(f"e2e prerequisite missing in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_v2(rig: Rig) -> str:
+    """Path of the aws CLI v2 wrapper, or skip (fail in CI) when v2 is absent."""
+    if rig.aws_v2 is None:
+        skip_or_fail("aws CLI v2 not installed at /usr/bin/aws (apt-get install awscli)")
+    assert rig.aws_v2 is not None
+    return rig.aws_v2
+
+
+@pytest.fixture(scope="session")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """One rig (moto + endpoint + plugin) for the whole test session."""
+    reason = have_prerequisites()
+    if reason:
+        skip_or_fail(reason)
+    r = Rig(tmp_path_factory.mktemp("rig"))
+    try:
+        r.start()
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture(params=["v1", "v2"])
+def aws_variant(request: pytest.FixtureRequest, rig: Rig) -> str:
+    """Parametrize a test over aws CLI v1 (pip) and v2 (Debian; skipped if absent)."""
+    if request.param == "v2":
+        require_v2(rig)
+    return request.param
+
+
+@pytest.fixture
+def home(rig: Rig, tmp_path: Path) -> Home:
+    """A fresh HOME with profile cloudX (eu-west-1), credentials and an ssh key."""
+    return rig.make_home(tmp_path / "home", profile=DEFAULT_PROFILE, region=DEFAULT_REGION)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The zipapp, built once per test session with build_zipapp.py (as users get it)."""
+    import subprocess
+    import sys
+
+    target = tmp_path_factory.mktemp("dist") / "cloudx_proxy.pyz"
+    subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), str(target)], check=True, capture_output=True)
+    return target

@@ -1,0 +1,267 @@
+"""The rig's own tests: only the real aws CLI, ssh and sshd, no project code."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from rig import Home, Rig
+
+REGION = "eu-west-1"
+PROFILE = "cloudX"
+PROXY = ("aws ssm start-session --target %h --document-name AWS-StartSSHSession "
+         f"--parameters portNumber=%p --region {REGION} --profile {PROFILE}")
+TIMEOUT = 90
+
+
+def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                          stdin=subprocess.DEVNULL)
+
+
+def aws(rig: Rig, home: Home, *args: str, variant: str = "v1",
+        **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**rig.env(home.path, variant), **env_extra}
+    return run(["aws", *args, "--profile", home.profile, "--region", REGION], env)
+
+
+def push_key(rig: Rig, home: Home, iid: str, variant: str = "v1") -> None:
+    res = aws(rig, home, "ec2-instance-connect", "send-ssh-public-key", "--instance-id", iid,
+              "--instance-os-user", "ec2-user", "--ssh-public-key", f"file://{home.pub}",
+              variant=variant)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["Success"] is True
+
+
+def ssh(rig: Rig, home: Home, iid: str, *remote: str, variant: str = "v1",
+        **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**rig.env(home.path, variant), **env_extra}
+    return run(rig.ssh_argv(home, iid, PROXY, *remote), env)
+
+
+def aws_error(code: str, operation: str) -> str:
+    return f"An error occurred ({code}) when calling the {operation} operation"
+
+
+def state_of(rig: Rig, home: Home, iid: str, *states: str) -> str:
+    """The state describe-instances shows (optionally filtered on instance-state-name)."""
+    filters = ["--filters", f"Name=instance-state-name,Values={','.join(states)}"] \
+        if states else []
+    res = aws(rig, home, "ec2", "describe-instances", "--instance-ids", iid, *filters,
+              "--query", "Reservations[0].Instances[0].State.Name", "--output", "text")
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def plugin_calls_for(rig: Rig, iid: str) -> list[dict]:
+    return [c for c in rig.plugin_calls() if c["target"] == iid]
+
+
+def sleep_until(t: float) -> None:
+    time.sleep(max(0.0, t - time.time()))
+
+
+def test_ssh_through_aws_cli(rig: Rig, home: Home, aws_variant: str) -> None:
+    iid = rig.add_instance()
+    rig.clear_calls()
+    push_key(rig, home, iid, aws_variant)
+    res = ssh(rig, home, iid, "echo", "hello", variant=aws_variant)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "hello\n"
+    # v1 with a new plugin passes the response in the environment; v2.9 always as argv.
+    (call,) = plugin_calls_for(rig, iid)
+    assert call["form"] == ("env" if aws_variant == "v1" else "arg")
+    assert (call["portNumber"], call["region"], call["profile"]) == ("22", REGION, PROFILE)
+    assert call["endpoint"] == rig.endpoint_url
+    # The endpoint logged both calls with the instance and the home's access key.
+    log = rig.calls()
+    assert [c["action"] for c in log] == ["SendSSHPublicKey", "StartSession"]
+    assert all(c["instance_ids"] == [iid] for c in log)
+    akid = (home.path / ".aws" / "credentials").read_text().split("aws_access_key_id = ")[1]
+    assert {c["access_key"] for c in log} == {akid.split()[0]}
+    assert call["session_id"].startswith(akid.split()[0] + "-")
+
+
+def test_ssh_without_push_is_denied(rig: Rig, home: Home) -> None:
+    iid = rig.add_instance()
+    res = ssh(rig, home, iid, "true")
+    assert res.returncode == 255
+    assert "Permission denied" in res.stderr
+    assert len(plugin_calls_for(rig, iid)) == 1  # the tunnel itself worked
+
+
+def test_expired_key_is_refused(rig: Rig, home: Home) -> None:
+    iid = rig.add_instance()
+    rig.knobs(key_ttl=1)
+    try:
+        push_key(rig, home, iid)
+    finally:
+        rig.knobs(key_ttl=60)
+    keys = (rig.keys_root / iid / "ec2-user").read_text()
+    assert keys.startswith('expiry-time="') and home.pub.read_text().split()[1] in keys
+    time.sleep(2)
+    res = ssh(rig, home, iid, "true")
+    assert res.returncode == 255
+    assert "Permission denied" in res.stderr
+
+
+def test_start_session_on_stopped_instance(rig: Rig, home: Home) -> None:
+    iid = rig.add_instance(state="stopped")
+    res = aws(rig, home, "ssm", "start-session", "--target", iid, "--document-name",
+              "AWS-StartSSHSession", "--parameters", "portNumber=22")
+    assert res.returncode == 255
+    assert f"{aws_error('TargetNotConnected', 'StartSession')}: {iid} is not connected." \
+        in res.stderr
+    assert plugin_calls_for(rig, iid) == []
+
+
+def test_send_key_errors(rig: Rig, home: Home) -> None:
+    iid = rig.add_instance(state="stopped")
+    res = aws(rig, home, "ec2-instance-connect", "send-ssh-public-key", "--instance-id", iid,
+              "--instance-os-user", "ec2-user", "--ssh-public-key", f"file://{home.pub}")
+    assert res.returncode == 255
+    assert aws_error("EC2InstanceStateInvalidException", "SendSSHPublicKey") in res.stderr
+    res = aws(rig, home, "ec2-instance-connect", "send-ssh-public-key", "--instance-id",
+              "i-0123456789abcdef0", "--instance-os-user", "ec2-user",
+              "--ssh-public-key", f"file://{home.pub}")
+    assert res.returncode == 255
+    assert aws_error("EC2InstanceNotFoundException", "SendSSHPublicKey") in res.stderr
+
+
+def test_ssm_ping_status(rig: Rig, home: Home) -> None:
+    online = rig.add_instance(ssh=False)
+    forced = rig.add_instance(ssh=False)
+    rig.set_instance(forced, ssm="ConnectionLost")
+    stopped = rig.add_instance(state="stopped", ssh=False)
+    late = rig.add_instance(ssh=False, online_delay=60)
+    ids = [online, forced, stopped, late]
+    res = aws(rig, home, "ssm", "describe-instance-information", "--filters",
+              f"Key=InstanceIds,Values={','.join(ids)}")
+    assert res.returncode == 0, res.stderr
+    got = {i["InstanceId"]: i["PingStatus"]
+           for i in json.loads(res.stdout)["InstanceInformationList"]}
+    assert got == {online: "Online", forced: "ConnectionLost", stopped: "ConnectionLost"}
+
+
+def test_stopping_then_start_pending_then_running(rig: Rig, home: Home) -> None:
+    iid = rig.add_instance()
+    t0 = time.time()
+    rig.begin_stopping(iid, 4.0)
+    assert rig.moto_state(iid) == "stopped"
+    # The state filter applies to the effective state (moto alone says "stopped").
+    assert state_of(rig, home, iid, "stopping", "running") == "stopping"
+    res = aws(rig, home, "ec2", "start-instances", "--instance-ids", iid)
+    assert res.returncode == 255
+    assert f"{aws_error('IncorrectInstanceState', 'StartInstances')}: The instance '{iid}' " \
+           "is not in a state from which it can be started." in res.stderr
+    sleep_until(t0 + 4.1)
+    assert state_of(rig, home, iid) == "stopped"
+
+    rig.set_instance(iid, pending_seconds=3.0)
+    t1 = time.time()
+    res = aws(rig, home, "ec2", "start-instances", "--instance-ids", iid)
+    assert res.returncode == 0, res.stderr
+    (starting,) = json.loads(res.stdout)["StartingInstances"]
+    assert starting["PreviousState"]["Name"] == "stopped"
+    assert starting["CurrentState"] == {"Code": 0, "Name": "pending"}
+    assert state_of(rig, home, iid, "pending") == "pending"
+    sleep_until(t1 + 3.1)
+    assert state_of(rig, home, iid) == "running"
+
+
+def test_flap_then_connect_refused(rig: Rig, home: Home) -> None:
+    iid = rig.add_instance(ssh=False, flap=1)
+    args = ("ssm", "start-session", "--target", iid, "--document-name", "AWS-StartSSHSession",
+            "--parameters", "portNumber=22")
+    res = aws(rig, home, *args)
+    assert res.returncode == 255
+    assert aws_error("TargetNotConnected", "StartSession") in res.stderr
+    assert plugin_calls_for(rig, iid) == []
+    # The flap is used up; with no sshd behind it the plugin cannot connect.
+    res = aws(rig, home, *args)
+    assert res.returncode != 0
+    assert "failed to connect" in res.stderr
+    assert len(plugin_calls_for(rig, iid)) == 1
+
+
+def test_fault_injection(rig: Rig, home: Home) -> None:
+    rig.fault("DescribeInstances", "UnauthorizedOperation", "You are not authorized.",
+              status=403)
+    rig.fault("GetCallerIdentity", "AccessDenied", "Nope.", status=403)
+    rig.fault("DescribeInstanceInformation", "AccessDeniedException", "No SSM for you.")
+    try:
+        res = aws(rig, home, "ec2", "describe-instances")
+        assert res.returncode == 255
+        assert f"{aws_error('UnauthorizedOperation', 'DescribeInstances')}: You are not " \
+               "authorized." in res.stderr
+        res = aws(rig, home, "sts", "get-caller-identity")
+        assert res.returncode == 255
+        assert f"{aws_error('AccessDenied', 'GetCallerIdentity')}: Nope." in res.stderr
+        res = aws(rig, home, "ssm", "describe-instance-information")
+        assert res.returncode == 255
+        assert f"{aws_error('AccessDeniedException', 'DescribeInstanceInformation')}: No SSM " \
+               "for you." in res.stderr
+        # count=1: the next call goes through; a delay-only fault just slows it.
+        rig.fault("GetCallerIdentity", delay=1.0)
+        t0 = time.monotonic()
+        res = aws(rig, home, "sts", "get-caller-identity")
+        assert res.returncode == 0, res.stderr
+        assert time.monotonic() - t0 >= 1.0
+        assert json.loads(res.stdout)["Arn"].endswith(":user/cloudX-dev-alice")
+    finally:
+        rig.clear_faults()
+
+
+def test_plugin_arg_form(rig: Rig, home: Home) -> None:
+    iid = rig.add_instance()
+    push_key(rig, home, iid)
+    res = ssh(rig, home, iid, "echo", "hello", RIG_PLUGIN_VERSION="1.2.0.0")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "hello\n"
+    assert [c["form"] for c in plugin_calls_for(rig, iid)] == ["arg"]
+
+
+@pytest.mark.parametrize("mode", ["early", "mid"])
+def test_plugin_failure_modes(rig: Rig, home: Home, mode: str) -> None:
+    iid = rig.add_instance()
+    push_key(rig, home, iid)
+    res = ssh(rig, home, iid, "echo", "hello", RIG_PLUGIN_MODE=mode)
+    assert res.returncode == 255
+    assert "hello" not in res.stdout
+    assert "Cannot perform start session" in res.stderr
+
+
+def test_plugin_cli(rig: Rig, tmp_path: Path) -> None:
+    plugin = str(rig.bin_dir / "session-manager-plugin")
+    env = rig.env(tmp_path)
+    assert run([plugin, "--version"], env).stdout.strip() == "1.2.707.0"
+    res = run([plugin], env)
+    assert res.returncode == 0 and "installed successfully" in res.stdout
+
+
+def test_close_leaves_no_process(tmp_path: Path) -> None:
+    r = Rig(tmp_path / "rig2")
+    r.start()
+    try:
+        r.add_instance()
+        pids = [p.pid for p in r.procs]
+        assert len(pids) == 3  # moto, endpoint, one sshd
+    finally:
+        r.close()
+    alive = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        state, pgid = fields[0], int(fields[2])
+        if state != "Z" and (int(entry) in pids or pgid in pids):
+            alive.append(stat)
+    assert alive == []

@@ -177,8 +177,8 @@ def validate_instance_id(value: str) -> str:
 
 def validate_port(value: str | int) -> int:
     """Return the port as an int in 1..65535, or raise a usage error."""
-    text = str(value).strip()
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    text = str(value)
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
         raise usage_error(f"invalid port {value!r}: expected a number from 1 to 65535")
     return int(text)
 

@@ -29,7 +29,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # names for annotations only; typing costs start-up time
     import argparse
     import subprocess
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import NoReturn
 
 # ---------------------------------------------------------------------------
@@ -430,6 +430,249 @@ def push_record_fresh(record: object, expect: dict[str, str], now: float, window
     return isinstance(pushed, (int, float)) and 0 <= now - pushed < window
 
 
+# --- setup: names, SSH config rendering and merging ---------------------------
+HOST_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}")
+SECTION_RE = re.compile(r"\s*(host|match)(?:\s*=\s*|\s+)(.*?)\s*$", re.I)
+BANNER_PREFIXES = ("# Created by cloudX-proxy", "# Created by cloudx-proxy", "# Configuration type:")
+IAM_USER_RE = re.compile(r"cloudx-([A-Za-z0-9_.]+)-(.+)", re.I)
+OP_ITEM_TITLE = "cloudX SSH Key - {key}"
+OP_AGENT_SOCKETS = (
+    "~/Library/Group Containers/2BUA8C4S2C.com.1password/t/agent.sock",
+    "~/.1password/agent.sock",
+    "~/snap/1password/current/.1password/agent.sock",
+)
+OP_AGENT_PIPE = r"\\.\pipe\openssh-ssh-agent"
+VSCODE_SETTINGS = """{{
+    "remote.SSH.configFile": "{config}",
+    "remote.SSH.connectTimeout": 90,
+    "remote.SSH.serverInstallTimeout": 120,
+    "remote.SSH.showLoginTerminal": true,
+    "remote.SSH.remotePlatform": {{
+        "{prefix}-*": "linux"
+    }}
+}}"""
+
+
+def validate_host_part(kind: str, value: str) -> str:
+    """A hostname, environment or prefix that becomes part of an SSH Host line."""
+    if not HOST_PART_RE.fullmatch(value or ""):
+        raise usage_error(f"invalid {kind} {value!r}: use letters, digits, '.', '_' and '-' (not first)")
+    return value
+
+
+def validate_config_path(kind: str, value: str) -> str:
+    """A path that is written into an SSH config line: no control characters or double quotes."""
+    validate_path(kind, value)
+    if '"' in value:
+        raise usage_error(f"invalid {kind} {value!r}: double quotes cannot be written to an SSH config")
+    return value
+
+
+def env_from_identity(arn: str) -> tuple[str | None, str]:
+    """The cloudX environment of an IAM user 'cloudX-{env}-{user}' (any case), and the user name.
+
+    Roles (SSO, assumed) carry no environment.
+    """
+    kind, _, name = arn.partition(":user/") if ":user/" in arn else ("", "", "")
+    user = name.rsplit("/", 1)[-1]
+    match = IAM_USER_RE.fullmatch(user) if user else None
+    return (match.group(1) if match else None), (user or arn.rsplit("/", 1)[-1])
+
+
+def names_from_tags(tags: dict[str, str]) -> tuple[str | None, str | None]:
+    """(environment, hostname) from instance tags, as the reference reads them.
+
+    Environment: the cloudX:environment / cloudx:environment / Environment tag,
+    else the env of a legacy Name 'cloudX-{env}-{host}'. Hostname: the Name tag
+    (before ' | '), without a legacy prefix.
+    """
+    name = tags.get("Name", "").split(" | ")[0].strip()
+    legacy = re.fullmatch(r"cloud[xX]-([^-]+)-(.+)", name)
+    hostname = legacy.group(2) if legacy else (name or None)
+    env = tags.get("cloudX:environment") or tags.get("cloudx:environment") or tags.get("Environment")
+    return env or (legacy.group(1) if legacy else None), hostname
+
+
+def quote_proxy_arg(value: str, windows: bool = False) -> str:
+    """Quote one ProxyCommand word for the shell ssh runs it with, and escape ssh's '%'."""
+    import shlex
+
+    if windows:
+        quoted = f'"{value}"' if (not value or re.search(r'[\s&|<>^()"]', value)) else value
+    else:
+        quoted = shlex.quote(value)
+    return quoted.replace("%", "%%")
+
+
+def quote_config_value(value: str) -> str:
+    """An ssh_config(5) value: double-quoted when it has whitespace, '%' escaped."""
+    value = value.replace("%", "%%")
+    return f'"{value}"' if re.search(r"\s|#", value) else value
+
+
+def render_proxy_command(
+    program: list[str], profile: str, key: str, ssh_dir: str, aws_env: str | None, windows: bool = False
+) -> str:
+    """The ProxyCommand that runs this program's connect with setup's choices."""
+    words = [quote_proxy_arg(p, windows) for p in program] + ["connect", "%h", "%p"]
+    for flag, value in (("--profile", profile), ("--ssh-key", key), ("--ssh-dir", ssh_dir), ("--aws-env", aws_env)):
+        if value:
+            words += [flag, quote_proxy_arg(value, windows)]
+    return " ".join(words)
+
+
+def render_banner(kind: str, when: str) -> str:
+    """The two comment lines above each block setup writes."""
+    return f"# Created by cloudX-proxy v{__version__} on {when}\n# Configuration type: {kind}\n"
+
+
+def render_generic_block(prefix: str, windows: bool = False) -> str:
+    """Host {prefix}-*: settings shared by every environment."""
+    c = "# " if windows else ""  # Windows' OpenSSH has no multiplexing: left for the user to enable
+    return (
+        f"Host {prefix}-*\n    User ec2-user\n    TCPKeepAlive yes\n"
+        f"    {c}ControlMaster auto\n    {c}ControlPath ~/.ssh/control/%r@%h:%p\n    {c}ControlPersist 4h\n"
+    )
+
+
+def render_env_block(prefix: str, env: str, identity: list[str], proxy_command: str) -> str:
+    """Host {prefix}-{env}-*: authentication and the ProxyCommand."""
+    lines = [f"Host {prefix}-{env}-*", *(f"    {line}" for line in identity), f"    ProxyCommand {proxy_command}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_host_block(prefix: str, env: str, hostname: str, instance_id: str) -> str:
+    """Host {prefix}-{env}-{hostname}: the instance id."""
+    return f"Host {prefix}-{env}-{hostname}\n    HostName {instance_id}\n"
+
+
+def render_identity(key_path: str, agent: str | None) -> list[str]:
+    """IdentityFile lines: the private key, or with an agent (1Password) its public key."""
+    if agent is None:
+        return [f"IdentityFile {quote_config_value(key_path)}", "IdentitiesOnly yes"]
+    lines = [f"IdentityAgent {quote_config_value(agent)}"] if agent else []
+    return [*lines, f"IdentityFile {quote_config_value(key_path + '.pub')}", "IdentitiesOnly yes"]
+
+
+class ConfigBlock:
+    """A run of SSH config lines: the preamble (host is None) or one Host/Match block."""
+
+    def __init__(self, keyword: str | None, patterns: str, lines: list[str]):
+        self.keyword, self.patterns, self.lines = keyword, patterns, lines
+
+    def is_host(self, pattern: str) -> bool:
+        """True for a 'Host PATTERN' block with exactly that one pattern (ssh compares case-insensitively)."""
+        return self.keyword == "host" and self.patterns.strip('"').lower() == pattern.lower()
+
+    def body(self) -> list[str]:
+        """The block's meaningful lines: no banner, comments or blank lines, whitespace folded."""
+        return [" ".join(ln.split()) for ln in self.lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def split_config(text: str) -> list[ConfigBlock]:
+    """Split an SSH config into its preamble and Host/Match blocks, keeping every byte.
+
+    Our banner lines directly above a Host line belong to that block.
+    """
+    blocks = [ConfigBlock(None, "", [])]
+    for line in text.splitlines(keepends=True):
+        match = SECTION_RE.match(line)
+        if match:
+            prev = blocks[-1].lines
+            banner: list[str] = []
+            while prev and prev[-1].startswith(BANNER_PREFIXES):
+                banner.insert(0, prev.pop())
+            blocks.append(ConfigBlock(match.group(1).lower(), match.group(2), banner + [line]))
+        else:
+            blocks[-1].lines.append(line)
+    return blocks
+
+
+def join_config(blocks: list[ConfigBlock]) -> str:
+    """The text of a list of blocks."""
+    return "".join("".join(b.lines) for b in blocks)
+
+
+def _block_lines(text: str, newline: str) -> list[str]:
+    return [line + newline for line in text.splitlines()]
+
+
+def merge_config(
+    text: str, new_blocks: list[tuple[str, str, str]], replace: set[str], when: str
+) -> tuple[str, list[str]]:
+    """Put setup's blocks into an SSH config, touching nothing else.
+
+    new_blocks is [(kind, host pattern, block text)]. An existing block with the
+    same single pattern is kept, unless its pattern is in `replace` (then it is
+    rewritten in place); a missing one is appended. Returns the new text and
+    what was done, one phrase per block.
+    """
+    newline = "\r\n" if "\r\n" in text else "\n"
+    blocks = split_config(text)
+    notes = []
+    for kind, pattern, block_text in new_blocks:
+        lines = _block_lines(render_banner(kind, when) + block_text, newline)
+        existing = [b for b in blocks if b.is_host(pattern)]
+        if existing and (pattern not in replace or existing[0].body() == ConfigBlock(None, "", lines).body()):
+            notes.append(f"kept {kind} block Host {pattern}")
+            continue
+        if existing:
+            target = existing[0]
+            trailing = []
+            while target.lines and not target.lines[-1].strip():
+                trailing.insert(0, target.lines.pop())
+            target.lines = lines + (trailing or [newline])
+            for dup in existing[1:]:
+                blocks.remove(dup)
+            notes.append(f"updated {kind} block Host {pattern}")
+            continue
+        last = blocks[-1].lines
+        if last and not last[-1].endswith("\n"):
+            last[-1] += newline
+        if any(line.strip() for b in blocks for line in b.lines) and (not last or last[-1].strip()):
+            last.append(newline)
+        blocks.append(ConfigBlock("host", pattern, lines + [newline]))
+        notes.append(f"added {kind} block Host {pattern}")
+    merged = join_config(blocks)
+    return merged.rstrip("\r\n") + newline, notes
+
+
+def find_block(text: str, pattern: str) -> ConfigBlock | None:
+    """The first 'Host PATTERN' block of a config, if any."""
+    return next((b for b in split_config(text) if b.is_host(pattern)), None)
+
+
+def insert_include(text: str, include_path: str) -> str | None:
+    """~/.ssh/config with 'Include PATH' above its first Host/Match block; None if already there.
+
+    An Include at the end would fall inside the last Host block and apply only to it.
+    """
+    newline = "\r\n" if "\r\n" in text else "\n"
+    wanted = os.path.normpath(os.path.expanduser(include_path))
+    lines = text.splitlines(keepends=True)
+    for line in lines:
+        words = line.strip().split(None, 1)
+        if len(words) == 2 and words[0].lower() == "include":
+            for item in words[1].split():
+                if os.path.normpath(os.path.expanduser(item.strip('"'))) == wanted:
+                    return None
+            if os.path.normpath(os.path.expanduser(words[1].strip().strip('"'))) == wanted:
+                return None
+    include = f"Include {quote_config_value(include_path)}{newline}"
+    for index, line in enumerate(lines):
+        if SECTION_RE.match(line):
+            return "".join(lines[:index] + [include, newline] + lines[index:])
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += newline
+    gap = [newline] if any(line.strip() for line in lines) else []
+    return "".join(lines + gap + [include])
+
+
+def render_vscode_settings(config_path: str, prefix: str) -> str:
+    """The VSCode settings.json snippet for our SSH config."""
+    return VSCODE_SETTINGS.format(config=config_path.replace("\\", "\\\\").replace('"', '\\"'), prefix=prefix)
+
+
 # ---------------------------------------------------------------------------
 # File helpers
 # ---------------------------------------------------------------------------
@@ -520,6 +763,62 @@ class FileLock:
             os.close(self.fd)  # closing releases an flock
 
 
+def backup_file(path: str) -> str | None:
+    """Copy a file to PATH.bak the first time, later to PATH.bak-YYYYmmdd-HHMMSS; return the copy."""
+    import shutil
+
+    if not os.path.exists(path):
+        return None
+    backup = path + ".bak"
+    if os.path.exists(backup):
+        backup = path + time.strftime(".bak-%Y%m%d-%H%M%S")
+    shutil.copy2(path, backup)
+    os.chmod(backup, 0o600)
+    return backup
+
+
+def read_text(path: str) -> str:
+    """A text file's content ('' when missing), byte-faithful (newlines kept as they are)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+    except UnicodeDecodeError:
+        raise CloudxError(f"{path} is not UTF-8 text; refusing to edit it") from None
+    except OSError as e:
+        raise CloudxError(f"cannot read {path}: {e.strerror}") from None
+
+
+def update_file(path: str, update: Callable[[str], str | None], cache: str, dry_run: bool = False) -> tuple[str, str | None]:
+    """Read-modify-write a config file under a lock, after a backup, atomically.
+
+    A symlinked file is written through to its target. `update` gets the current
+    text and returns the new one (None: no change). Returns (old, new or None).
+    """
+    real = os.path.realpath(path)
+    ensure_private_dir(cache)
+    import hashlib
+
+    lock = os.path.join(cache, "lock-file-" + hashlib.sha1(real.encode("utf-8")).hexdigest()[:16])
+    with FileLock(lock, time.monotonic() + 60):
+        old = read_text(real)
+        new = update(old)
+        if new is None or new == old or dry_run:
+            return old, (None if new == old else new)
+        directory = os.path.dirname(real)
+        if not os.path.isdir(directory):
+            ensure_private_dir(directory)
+        backup = backup_file(real)
+        if backup:
+            debug(f"backed up {real} to {backup}")
+        try:
+            atomic_write(real, new, 0o600)
+        except OSError as e:
+            raise CloudxError(f"cannot write {real}: {e.strerror}", "check the directory's permissions") from None
+        return old, new
+
+
 # ---------------------------------------------------------------------------
 # Process runner: every external command goes through run_cmd
 # ---------------------------------------------------------------------------
@@ -586,6 +885,13 @@ class Aws:
             return json.loads(proc.stdout) if proc.stdout.strip() else None
         except ValueError:
             raise CloudxError(f"unexpected output from aws {' '.join(args[:2])}") from None
+
+    def interactive(self, args: list[str]) -> int:
+        """Run an aws command on the user's terminal (aws configure); returns its exit code."""
+        import subprocess
+
+        debug("run: " + quote_argv([self.path, *args]))
+        return subprocess.call([self.path, *args], env=self.env)
 
     def many(self, calls: dict[str, list[str]]) -> dict[str, object]:
         """Run independent aws calls side by side; each result is its JSON or its CloudxError."""
@@ -1090,6 +1396,353 @@ def wait_until_online(
 
 
 # ---------------------------------------------------------------------------
+# setup
+# ---------------------------------------------------------------------------
+class Setup:
+    """Setup's validated choices and the I/O helpers its steps share."""
+
+    def __init__(self, args: argparse.Namespace, environ: Mapping[str, str]):
+        home = os.path.expanduser("~")
+        self.home = home
+        self.profile = validate_name("profile", args.profile)
+        self.key = validate_name("ssh key name", args.ssh_key)
+        self.prefix = validate_host_part("--ssh-host-prefix", args.ssh_host_prefix)
+        self.hostname = validate_host_part("hostname", args.hostname) if args.hostname is not None else None
+        self.environment = validate_host_part("environment", args.environment) if args.environment is not None else None
+        self.instance = args.instance
+        if self.instance is not None and (self.instance.startswith("i-") or not self.instance):
+            validate_instance_id(self.instance)
+        elif self.instance is not None and (len(self.instance) > 255 or any(c in self.instance for c in "\0\r\n")):
+            raise usage_error(f"invalid --instance {self.instance!r}: expected an instance id or a Name tag")
+        if args.ssh_dir is not None:
+            self.ssh_dir = os.path.abspath(os.path.expanduser(validate_config_path("--ssh-dir", args.ssh_dir)))
+        elif args.ssh_config is not None:
+            self.ssh_dir = os.path.dirname(os.path.abspath(os.path.expanduser(validate_config_path("--ssh-config", args.ssh_config))))
+        else:
+            self.ssh_dir = os.path.join(home, ".ssh", "cloudX")
+        if args.ssh_config is not None:
+            self.ssh_config = os.path.abspath(os.path.expanduser(validate_config_path("--ssh-config", args.ssh_config)))
+        else:
+            self.ssh_config = os.path.join(self.ssh_dir, "config")
+        self.key_path = os.path.join(self.ssh_dir, self.key)
+        self.yes, self.dry_run = bool(args.yes), bool(args.dry_run)
+        self.env = dict(environ)
+        self.aws_env = validate_name("aws-env", args.aws_env) if args.aws_env is not None else None
+        if self.aws_env:
+            env_dir = os.path.join(home, ".aws", "aws-envs", self.aws_env)
+            if not os.path.isdir(env_dir):
+                raise CloudxError(f"AWS environment directory {env_dir} does not exist", "create it, or drop --aws-env")
+            self.env["AWS_CONFIG_FILE"] = os.path.join(env_dir, "config")
+            self.env["AWS_SHARED_CREDENTIALS_FILE"] = os.path.join(env_dir, "credentials")
+        self.cache = cache_dir(environ, home)
+        self.windows = os.name == "nt"
+        self.when = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._aws: Aws | None = None
+
+    def aws(self) -> Aws:
+        """The aws runner for the profile, with the region resolved as connect does."""
+        if self._aws is None:
+            aws_path, looked = find_program("aws", self.env.get("PATH"))
+            if not aws_path:
+                raise CloudxError(f"the aws CLI was not found on PATH or in {', '.join(looked[-6:])}", AWS_INSTALL_HINT)
+            config_file = os.path.expanduser(self.env.get("AWS_CONFIG_FILE") or os.path.join(self.home, ".aws", "config"))
+            section = profile_section(read_ini(config_file) or {}, self.profile)
+            region, _ = resolve_region(None, self.env, section)
+            self._aws = Aws(aws_path, self.profile, validate_region(region), self.env)
+        return self._aws
+
+    def ask(self, question: str, default: str) -> str:
+        """Ask on stderr, read a line from stdin; --yes takes the default."""
+        if self.yes:
+            return default
+        print(f"{question} [{default}]: ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            raise usage_error("no answer (standard input is closed)", "pass the values as options and add --yes")
+        return line.strip() or default
+
+    def step(self, text: str) -> None:
+        """A progress heading on stderr."""
+        log(text)
+
+
+def program_argv() -> list[str]:
+    """How to run this program again from a ProxyCommand: the way the user runs it now."""
+    arg0 = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if arg0.endswith(".pyz") or (os.path.isfile(arg0) and not arg0.endswith(".py") and _is_zip(arg0)):
+        return [sys.executable, arg0]
+    if os.path.splitext(os.path.basename(arg0))[0].lower() == "cloudx-proxy":
+        return [arg0]  # an installed console script
+    return [sys.executable, os.path.abspath(__file__)]
+
+
+def _is_zip(path: str) -> bool:
+    import zipfile
+
+    return zipfile.is_zipfile(path)
+
+
+def setup_prerequisites(s: Setup) -> None:
+    """Report the tools setup and connect use; missing ones warn, setup goes on."""
+    s.step("Checking prerequisites...")
+    tools = [("aws", AWS_INSTALL_HINT), ("session-manager-plugin", PLUGIN_INSTALL_HINT),
+             ("ssh", "install the OpenSSH client"), ("ssh-keygen", "install the OpenSSH client")]
+    for name, hint in tools:
+        path, _ = find_program(name, s.env.get("PATH"))
+        if not path:
+            log(f"  warning: {name} not found ({hint})")
+            continue
+        version = ""
+        if name == "aws":
+            proc = run_cmd([path, "--version"], timeout=60, env=s.env)
+            match = re.search(r"aws-cli/(\d+)\.", proc.stdout + proc.stderr)
+            version = f" (v{match.group(1)})" if match else ""
+        log(f"  found {name}{version}: {path}")
+
+
+def setup_profile(s: Setup) -> tuple[str | None, str]:
+    """Make sure the profile has working credentials; return (environment from the IAM user, user name)."""
+    s.step(f"Checking AWS profile '{s.profile}'...")
+    aws = s.aws()
+    try:
+        identity = aws(["sts", "get-caller-identity"])
+    except CloudxError as e:
+        if e.code not in ("ProfileNotFound", "NoCredentials", "InvalidClientTokenId", "UnrecognizedClientException"):
+            raise
+        if s.yes or s.dry_run:
+            raise CloudxError(
+                f"profile '{s.profile}' has no working credentials ({e.message})",
+                f"run: aws configure --profile {s.profile}   then setup again",
+            ) from None
+        log(f"Configure profile '{s.profile}' with the access key of your IAM user cloudX-{{env}}-{{user}}:")
+        aws.interactive(["configure", "--profile", s.profile])
+        s._aws = None
+        aws = s.aws()
+        identity = aws(["sts", "get-caller-identity"])
+    arn = str((identity or {}).get("Arn", ""))  # type: ignore[union-attr]
+    env, user = env_from_identity(arn)
+    if env:
+        log(f"  IAM user {user}: environment '{env}'")
+    else:
+        log(f"  {arn or 'caller'} is not an IAM user named cloudX-{{env}}-{{user}} (SSO or role): environment from --environment")
+    return env, user
+
+
+def describe_setup_instance(s: Setup, value: str) -> tuple[str, dict[str, str]]:
+    """Resolve --instance (an id, or a Name tag) with one describe-instances: (id, tags)."""
+    aws = s.aws()
+    if value.startswith("i-"):
+        data = aws(aws_describe_args(value))
+    else:
+        data = aws(["ec2", "describe-instances", "--filters", json.dumps([{"Name": "tag:Name", "Values": [value]}])])
+    found = []
+    for reservation in (data or {}).get("Reservations", []):  # type: ignore[union-attr]
+        for inst in reservation.get("Instances", []):
+            if inst.get("State", {}).get("Name") == "terminated":
+                continue
+            tags = {t.get("Key", ""): t.get("Value", "") for t in inst.get("Tags", [])}
+            found.append((str(inst["InstanceId"]), tags, inst.get("State", {}).get("Name", "?")))
+    if not found:
+        what = f"instance {value}" if value.startswith("i-") else f"no instance named '{value}'"
+        raise CloudxError(f"{what} not found in region {aws.region}", "check --instance and the profile's region")
+    if len(found) > 1:
+        listing = ", ".join(f"{iid} ({state})" for iid, _, state in found)
+        raise usage_error(f"the name '{value}' matches {len(found)} instances: {listing}", "pass the instance id")
+    return found[0][0], found[0][1]
+
+
+def setup_key(s: Setup) -> None:
+    """Reuse <ssh-dir>/<key> (checking the pair and its permissions) or create an ed25519 key."""
+    s.step(f"Checking SSH key {s.key_path}...")
+    if not s.dry_run:
+        ensure_private_dir(s.ssh_dir)
+    priv, pub = s.key_path, s.key_path + ".pub"
+    keygen, _ = find_program("ssh-keygen", s.env.get("PATH"))
+    if not os.path.exists(priv):
+        if os.path.exists(pub):
+            raise CloudxError(f"{pub} exists but its private key {priv} does not", "restore the private key, or choose another --ssh-key")
+        if s.dry_run:
+            log(f"  [dry run] would create an ed25519 key pair {priv}")
+            return
+        if not keygen:
+            raise CloudxError("ssh-keygen not found", "install the OpenSSH client")
+        proc = run_cmd([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"cloudX-proxy {s.key}", "-f", priv], timeout=60, env=s.env)
+        if proc.returncode != 0:
+            raise CloudxError(f"ssh-keygen failed: {proc.stderr.strip()}")
+        os.chmod(priv, 0o600)
+        os.chmod(pub, 0o644)
+        log(f"  created key pair {priv}")
+        return
+    if keygen:
+        proc = run_cmd([keygen, "-y", "-P", "", "-f", priv], timeout=60, env=s.env)
+        derived = proc.stdout.strip() if proc.returncode == 0 else ""
+        if not derived:
+            log(f"  warning: cannot read {priv} without its passphrase; not checking that {pub} matches")
+        elif os.path.exists(pub):
+            if parse_public_key(read_text(pub), pub) != parse_public_key(derived, priv):
+                raise CloudxError(f"{pub} does not belong to {priv}", f"regenerate it: ssh-keygen -y -f {priv} > {pub}")
+        elif not s.dry_run:
+            atomic_write(pub, derived + "\n", 0o644)
+            log(f"  wrote the missing public key {pub}")
+    if os.name != "nt" and not s.dry_run:
+        for path, mode in ((priv, 0o600), (pub, 0o644)):
+            if os.path.exists(path) and os.stat(path).st_mode & 0o777 & ~mode:
+                os.chmod(path, mode)
+                log(f"  tightened permissions of {path} to {mode:o}")
+    log(f"  using existing key {priv}")
+
+
+def setup_config(s: Setup, env: str, hostname: str, instance_id: str) -> str:
+    """Write the three-tier config into --ssh-config; returns the host name to use."""
+    s.step(f"Writing SSH configuration {s.ssh_config}...")
+    proxy = render_proxy_command(program_argv(), s.profile, s.key, s.ssh_dir, s.aws_env, s.windows)
+    host = f"{s.prefix}-{env}-{hostname}"
+    env_pattern = f"{s.prefix}-{env}-*"
+    env_block = render_env_block(s.prefix, env, render_identity(s.key_path, None), proxy)
+    blocks = [
+        ("generic", f"{s.prefix}-*", render_generic_block(s.prefix, s.windows)),
+        ("environment", env_pattern, env_block),
+        ("host", host, render_host_block(s.prefix, env, hostname, instance_id)),
+    ]
+
+    def update(old: str) -> str:
+        replace = {host}
+        current = find_block(old, env_pattern)
+        wanted = ConfigBlock("host", env_pattern, env_block.splitlines())
+        if current is not None and current.body() != wanted.body():
+            import difflib
+
+            diff = difflib.unified_diff(current.body(), wanted.body(), "current", "setup", lineterm="", n=5)
+            for line in diff:
+                print(f"    {line}", file=sys.stderr)
+            if s.yes or s.dry_run:
+                log(f"  keeping the existing environment block Host {env_pattern} (shown above; --yes keeps it)")
+            elif s.ask(f"The environment block Host {env_pattern} differs. [k]eep or [r]eplace?", "k").lower().startswith("r"):
+                replace.add(env_pattern)
+        new, notes = merge_config(old, blocks, replace, s.when)
+        for note in notes:
+            log(f"  {note}")
+        return new
+
+    old, new = update_file(s.ssh_config, update, s.cache, s.dry_run)
+    show_change(s, s.ssh_config, old, new)
+    if not s.windows and not s.dry_run:
+        ensure_private_dir(os.path.join(s.home, ".ssh", "control"))
+    return host
+
+
+def show_change(s: Setup, path: str, old: str, new: str | None) -> None:
+    """In a dry run, print the diff that would be written."""
+    if s.dry_run and new is not None:
+        import difflib
+
+        log(f"  [dry run] would change {path}:")
+        for line in difflib.unified_diff(old.splitlines(), new.splitlines(), path, path + " (new)", lineterm=""):
+            print(f"    {line}", file=sys.stderr)
+
+
+def setup_include(s: Setup) -> None:
+    """Include --ssh-config from ~/.ssh/config, above its first Host/Match block."""
+    main_config = os.path.join(s.home, ".ssh", "config")
+    if os.path.realpath(main_config) == os.path.realpath(s.ssh_config):
+        return
+    if not s.dry_run:
+        ensure_private_dir(os.path.dirname(main_config))
+    old, new = update_file(main_config, lambda text: insert_include(text, s.ssh_config), s.cache, s.dry_run)
+    show_change(s, main_config, old, new)
+    log(f"  {main_config} {'now includes' if new is not None else 'already includes'} {s.ssh_config}")
+
+
+MARKER_CHECK = (
+    'if [ -f "$HOME/.install-done" ]; then echo done; elif [ -f "$HOME/.install-running" ]; '
+    "then echo running; else echo unknown; fi"
+)
+
+
+def check_instance(s: Setup, host: str) -> int:
+    """Connect once through the new config and read the instance's setup markers."""
+    s.step(f"Checking the connection: ssh {host}...")
+    ssh, _ = find_program("ssh", s.env.get("PATH"))
+    if not ssh:
+        log("  warning: ssh not found; skipping the connection check")
+        return EXIT_OK
+    argv = [
+        ssh, "-F", s.ssh_config, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+        "-o", f"UserKnownHostsFile={os.path.join(s.home, '.ssh', 'known_hosts')}",
+        "-o", "ControlMaster=no", "-o", "ControlPath=none", host, MARKER_CHECK,
+    ]  # fmt: skip
+    deadline = time.monotonic() + 1800
+    while True:
+        proc = run_cmd(argv, timeout=900, env=s.env)
+        if proc.returncode != 0:
+            detail = " ".join(proc.stderr.split())[-300:]
+            raise CloudxError(f"the configuration is written, but ssh {host} failed: {detail}", f"run: ssh -v {host}")
+        status = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "unknown"
+        if status == "done":
+            log("  connected; the instance's setup is complete")
+            return EXIT_OK
+        if status == "unknown":
+            log("  connected; no setup markers (.install-done/.install-running) on the instance")
+            return EXIT_OK
+        log("  connected; the instance's setup is still running (~/.install-running)")
+        if s.yes or time.monotonic() > deadline:
+            return EXIT_OK
+        if not s.ask("Wait for it to finish? [y/n]", "y").lower().startswith("y"):
+            return EXIT_OK
+        waited = time.monotonic()
+        while time.monotonic() - waited < 10:
+            time.sleep(1)
+        log(f"  still waiting ({int(time.monotonic() - deadline + 1800)} s)...")
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    """Configure the AWS profile, the SSH key, the three-tier SSH config and check the instance."""
+    s = Setup(args, os.environ)
+    if s.dry_run:
+        log("[dry run] nothing will be written, generated or configured")
+    setup_prerequisites(s)
+    iam_env, _user = setup_profile(s)
+    value = s.instance or s.ask("EC2 instance id (or Name tag)", "")
+    if not value:
+        raise usage_error("no instance given", "pass --instance i-... (an instance id or its Name tag)")
+    if value.startswith("i-"):
+        validate_instance_id(value)
+    instance_id, tags = describe_setup_instance(s, value)
+    tag_env, tag_host = names_from_tags(tags)
+    env = s.environment or tag_env or iam_env
+    if not env and s.yes:
+        raise usage_error(
+            "cannot tell the cloudX environment: the caller is not an IAM user cloudX-{env}-{user} "
+            "and the instance has no environment tag",
+            "pass --environment",
+        )
+    env = env or s.ask("cloudX environment (e.g. dev)", "")
+    hostname = s.hostname or s.ask("Hostname for the SSH config", _safe_host_part(tag_host) or instance_id)
+    validate_host_part("environment", env)
+    validate_host_part("hostname", hostname)
+    log(f"  instance {instance_id}: environment '{env}', hostname '{hostname}'")
+    setup_key(s)
+    host = setup_config(s, env, hostname, instance_id)
+    setup_include(s)
+    if s.dry_run:
+        log(f"[dry run] would check the connection with: ssh {host}")
+        return EXIT_OK
+    rc = check_instance(s, host)
+    print(f"Setup complete. Connect with:\n    ssh {host}\n")
+    print("VSCode settings.json:")
+    print(render_vscode_settings(s.ssh_config, s.prefix))
+    return rc
+
+
+def _safe_host_part(value: str | None) -> str | None:
+    """A Name tag made usable as a host name part, or None."""
+    if not value:
+        return None
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-.")
+    return cleaned if HOST_PART_RE.fullmatch(cleaned) else None
+
+
+# ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
 CONNECT_EPILOG = """examples:
@@ -1106,6 +1759,20 @@ defaults: if ~/.ssh/cloudX exists, profile and key 'cloudX' there; else if
 ~/.ssh/vscode exists, 'vscode'; else 'cloudX'. The key pushed is
 <ssh-dir>/<ssh-key>.pub. Region: --region, AWS_REGION/AWS_DEFAULT_REGION,
 the profile's region, else eu-west-1."""
+
+
+SETUP_EPILOG = """examples:
+  cloudx-proxy setup
+  cloudx-proxy setup --profile myprofile --ssh-key mykey
+  cloudx-proxy setup --ssh-config ~/.ssh/cloudx/config
+  cloudx-proxy setup --instance i-0123456789abcdef0 --hostname myserver --yes
+  cloudx-proxy setup --instance web --environment dev --yes --dry-run
+
+writes three blocks to the SSH config (default ~/.ssh/cloudX/config):
+  Host cloudX-*             User, keep-alive, connection sharing
+  Host cloudX-{env}-*       IdentityFile and the ProxyCommand running this program
+  Host cloudX-{env}-{host}  HostName i-...
+and includes that file from ~/.ssh/config. Existing files are backed up first."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1147,6 +1814,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", default=str(DEFAULT_TIMEOUT), help="seconds to wait for start-up (default: 300)")
     p.add_argument("--dry-run", action="store_true", help="print each step and command; call nothing")
     p.set_defaults(func=cmd_connect)
+    p = sub.add_parser(
+        "setup",
+        parents=[verbose],
+        help="configure the AWS profile, SSH key and SSH config, and check the instance",
+        description="Set up the AWS profile, an SSH key, the three-tier SSH config and check the instance.",
+        epilog=SETUP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--profile", default="cloudX", help="AWS profile (default: cloudX)")
+    p.add_argument("--ssh-key", default="cloudX", help="SSH key name (default: cloudX)")
+    p.add_argument("--ssh-config", help="SSH config file to write (default: <ssh-dir>/config)")
+    p.add_argument("--ssh-dir", help="directory for the key and config (default: ~/.ssh/cloudX)")
+    p.add_argument("--aws-env", help="use ~/.aws/aws-envs/AWS_ENV/{config,credentials}")
+    p.add_argument("--instance", help="instance id, or the value of its Name tag")
+    p.add_argument("--hostname", help="host name in the SSH config (default: the Name tag)")
+    p.add_argument("--environment", help="cloudX environment (default: from the instance tags or the IAM user)")
+    p.add_argument("--ssh-host-prefix", default="cloudX", help="prefix of the SSH host names (default: cloudX)")
+    p.add_argument("--yes", action="store_true", help="non-interactive: take the defaults, never prompt")
+    p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    p.set_defaults(func=cmd_setup)
     return parser
 
 

@@ -442,6 +442,7 @@ OP_AGENT_SOCKETS = (
     "~/snap/1password/current/.1password/agent.sock",
 )
 OP_AGENT_PIPE = r"\\.\pipe\openssh-ssh-agent"
+OP_INSTALL_HINT = "install the 1Password CLI: https://developer.1password.com/docs/cli/get-started/"
 VSCODE_SETTINGS = """{{
     "remote.SSH.configFile": "{config}",
     "remote.SSH.connectTimeout": 90,
@@ -1426,6 +1427,10 @@ class Setup:
             self.ssh_config = os.path.join(self.ssh_dir, "config")
         self.key_path = os.path.join(self.ssh_dir, self.key)
         self.yes, self.dry_run = bool(args.yes), bool(args.dry_run)
+        self.op_vault: str | None = args.op_vault
+        if self.op_vault is not None and (not self.op_vault.strip() or len(self.op_vault) > 100
+                                          or any(c in self.op_vault for c in "\0\r\n/")):
+            raise usage_error(f"invalid 1Password vault {self.op_vault!r}")
         self.env = dict(environ)
         self.aws_env = validate_name("aws-env", args.aws_env) if args.aws_env is not None else None
         if self.aws_env:
@@ -1487,6 +1492,8 @@ def setup_prerequisites(s: Setup) -> None:
     s.step("Checking prerequisites...")
     tools = [("aws", AWS_INSTALL_HINT), ("session-manager-plugin", PLUGIN_INSTALL_HINT),
              ("ssh", "install the OpenSSH client"), ("ssh-keygen", "install the OpenSSH client")]
+    if s.op_vault is not None:
+        tools.append(("op", OP_INSTALL_HINT))
     for name, hint in tools:
         path, _ = find_program(name, s.env.get("PATH"))
         if not path:
@@ -1592,13 +1599,79 @@ def setup_key(s: Setup) -> None:
     log(f"  using existing key {priv}")
 
 
-def setup_config(s: Setup, env: str, hostname: str, instance_id: str) -> str:
+def run_op(op: str, args: list[str], env: dict[str, str]) -> str:
+    """Run the 1Password CLI; its [ERROR] line becomes a CloudxError."""
+    proc = run_cmd([op, *args], timeout=120, env=env)
+    if proc.returncode != 0:
+        detail = " ".join(proc.stderr.split()) or f"exit {proc.returncode}"
+        if "not signed in" in detail or "sign in" in detail:
+            raise CloudxError(f"the 1Password CLI is not signed in ({detail})", "run: eval $(op signin)   then setup again")
+        raise CloudxError(f"op {' '.join(args[:2])} failed: {detail}")
+    return proc.stdout
+
+
+def op_agent_socket(home: str) -> tuple[str, bool]:
+    """The 1Password SSH agent socket to name in IdentityAgent, and whether it exists ('' on Windows)."""
+    if os.name == "nt":
+        return "", os.path.exists(OP_AGENT_PIPE)
+    candidates = [os.path.join(home, p[2:]) for p in OP_AGENT_SOCKETS]
+    for path in candidates:
+        if os.path.exists(path):
+            return path, True
+    return candidates[0] if sys.platform == "darwin" else candidates[1], False
+
+
+def setup_op_key(s: Setup) -> str:
+    """Find or create the key in 1Password, export only its public key; returns the agent socket."""
+    s.step(f"Checking the 1Password SSH key 'cloudX SSH Key - {s.key}'...")
+    op, _ = find_program("op", s.env.get("PATH"))
+    if not op:
+        raise CloudxError("the 1Password CLI 'op' was not found", OP_INSTALL_HINT)
+    run_op(op, ["whoami", "--format", "json"], s.env)
+    title = OP_ITEM_TITLE.format(key=s.key)
+    vault = s.op_vault or "Private"
+    try:
+        items = json.loads(run_op(op, ["item", "list", "--categories", "SSH Key", "--format", "json"], s.env) or "[]")
+    except ValueError:
+        raise CloudxError("unexpected output from op item list") from None
+    found = [i for i in items if isinstance(i, dict) and i.get("title") == title]
+    if found:
+        item = found[0]
+        log(f"  found '{title}' in vault {item.get('vault', {}).get('name', '?')}")
+    elif s.dry_run:
+        log(f"  [dry run] would create '{title}' in 1Password vault {vault}")
+        return op_agent_socket(s.home)[0]
+    else:
+        if vault != "Private":
+            log(f"  warning: only the Private vault is enabled for the SSH agent by default; enable {vault} in 1Password's SSH agent settings")
+        created = run_op(op, ["item", "create", "--category", "SSH Key", "--title", title, "--vault", vault,
+                              "--ssh-generate-key", "ed25519", "--format", "json"], s.env)
+        try:
+            item = json.loads(created)
+        except ValueError:
+            raise CloudxError("unexpected output from op item create") from None
+        log(f"  created '{title}' in vault {vault}")
+    vault_ref = item.get("vault", {}).get("id") or vault
+    public = run_op(op, ["read", f"op://{vault_ref}/{item.get('id')}/public key"], s.env).strip()
+    public = parse_public_key(public, f"1Password item '{title}'")
+    pub = s.key_path + ".pub"
+    if not s.dry_run:
+        ensure_private_dir(s.ssh_dir)
+        atomic_write(pub, public + "\n", 0o644)
+        log(f"  exported the public key to {pub} (the private key stays in 1Password)")
+    agent, exists = op_agent_socket(s.home)
+    if not exists:
+        log(f"  warning: the 1Password SSH agent is not running ({agent or OP_AGENT_PIPE} not found): enable it in 1Password's settings")
+    return agent
+
+
+def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str | None = None) -> str:
     """Write the three-tier config into --ssh-config; returns the host name to use."""
     s.step(f"Writing SSH configuration {s.ssh_config}...")
     proxy = render_proxy_command(program_argv(), s.profile, s.key, s.ssh_dir, s.aws_env, s.windows)
     host = f"{s.prefix}-{env}-{hostname}"
     env_pattern = f"{s.prefix}-{env}-*"
-    env_block = render_env_block(s.prefix, env, render_identity(s.key_path, None), proxy)
+    env_block = render_env_block(s.prefix, env, render_identity(s.key_path, agent), proxy)
     blocks = [
         ("generic", f"{s.prefix}-*", render_generic_block(s.prefix, s.windows)),
         ("environment", env_pattern, env_block),
@@ -1721,8 +1794,10 @@ def cmd_setup(args: argparse.Namespace) -> int:
     validate_host_part("environment", env)
     validate_host_part("hostname", hostname)
     log(f"  instance {instance_id}: environment '{env}', hostname '{hostname}'")
-    setup_key(s)
-    host = setup_config(s, env, hostname, instance_id)
+    agent = setup_op_key(s) if s.op_vault is not None else None
+    if agent is None:
+        setup_key(s)
+    host = setup_config(s, env, hostname, instance_id, agent)
     setup_include(s)
     if s.dry_run:
         log(f"[dry run] would check the connection with: ssh {host}")
@@ -1827,6 +1902,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-config", help="SSH config file to write (default: <ssh-dir>/config)")
     p.add_argument("--ssh-dir", help="directory for the key and config (default: ~/.ssh/cloudX)")
     p.add_argument("--aws-env", help="use ~/.aws/aws-envs/AWS_ENV/{config,credentials}")
+    p.add_argument(
+        "--1password", dest="op_vault", nargs="?", const="Private", default=None, metavar="VAULT",
+        help="keep the key in 1Password and use its SSH agent (vault default: Private)",
+    )
     p.add_argument("--instance", help="instance id, or the value of its Name tag")
     p.add_argument("--hostname", help="host name in the SSH config (default: the Name tag)")
     p.add_argument("--environment", help="cloudX environment (default: from the instance tags or the IAM user)")

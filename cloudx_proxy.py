@@ -674,6 +674,150 @@ def render_vscode_settings(config_path: str, prefix: str) -> str:
     return VSCODE_SETTINGS.format(config=config_path.replace("\\", "\\\\").replace('"', '\\"'), prefix=prefix)
 
 
+# --- list / doctor / cleanup: reading a config back ----------------------------
+def parse_directive(line: str) -> tuple[str, str, str] | None:
+    """(keyword lowercased, value, trailing comment) of one config line; None for blank/comment lines.
+
+    Accepts 'Key value', 'Key=value', tabs, double-quoted values and a trailing
+    '# comment' outside quotes, as a human may have written them.
+    """
+    text = line.strip().lstrip("\ufeff")
+    if not text or text.startswith("#"):
+        return None
+    match = re.match(r"([A-Za-z][A-Za-z0-9]*)\s*(?:=\s*|\s+)?(.*)", text)
+    if not match:
+        return None
+    rest, comment, quoted = match.group(2), "", False
+    for i, ch in enumerate(rest):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "#" and not quoted and (i == 0 or rest[i - 1].isspace()):
+            rest, comment = rest[:i], rest[i + 1:].strip()
+            break
+    return match.group(1).lower(), rest.strip(), comment
+
+
+def unquote(value: str) -> str:
+    """A config value without the double quotes around it (when it is one quoted word)."""
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' and '"' not in value[1:-1] else value
+
+
+def split_patterns(value: str) -> list[str]:
+    """The words of a Host line, quotes removed."""
+    return [m.group(1) if m.group(1) is not None else m.group(2) for m in re.finditer(r'"([^"]*)"|(\S+)', value)]
+
+
+def parse_connect_options(proxy_command: str) -> dict[str, str]:
+    """--profile/--ssh-key/--ssh-dir/--aws-env/--region given to connect in a ProxyCommand."""
+    import shlex
+
+    try:
+        words = shlex.split(proxy_command.replace("%%", "%"))
+    except ValueError:
+        words = proxy_command.split()
+    found: dict[str, str] = {}
+    if "connect" in words:
+        words = words[words.index("connect") + 1:]
+        for i, word in enumerate(words[:-1]):
+            if word in ("--profile", "--ssh-key", "--ssh-dir", "--ssh-config", "--aws-env", "--region", "--user"):
+                found[word[2:]] = words[i + 1]
+    return found
+
+
+def parse_cloudx_config(text: str) -> dict[str, object]:
+    """What setup wrote (or a human edited): generic patterns, environments and hosts.
+
+    Hosts are Host patterns without wildcards under a known prefix; the
+    environment of 'cloudX-pre-prod-web' is the longest known environment
+    ('pre-prod') that matches, else the word after the prefix.
+    """
+    blocks = []
+    for block in split_config(text):
+        if block.keyword != "host":
+            continue
+        kind = next((ln.split(":", 1)[1].strip() for ln in block.lines if ln.startswith("# Configuration type:")), None)
+        directives: dict[str, str] = {}
+        host_comment = ""
+        for line in block.lines:
+            parsed = parse_directive(line)
+            if not parsed:
+                continue
+            key, value, comment = parsed
+            if key == "host":
+                host_comment = comment
+                patterns = split_patterns(value)
+            else:
+                directives.setdefault(key, unquote(value))
+        blocks.append((kind, patterns, directives, host_comment))
+    prefixes = {"cloudx"}
+    for kind, patterns, _, _ in blocks:
+        for p in patterns:
+            if kind == "generic" or re.fullmatch(r"cloud[xX]-\*", p):
+                prefixes.add(p[:-2].lower())
+    generic: list[str] = []
+    envs: dict[str, dict[str, object]] = {}
+    for kind, patterns, directives, _ in blocks:
+        for p in patterns:
+            if p.endswith("-*") and p[:-2].lower() in prefixes:
+                generic.append(p)
+                continue
+            pre = next((x for x in sorted(prefixes, key=len, reverse=True) if p.lower().startswith(x + "-")), None)
+            if pre and p.endswith("-*") and "*" not in p[:-2] and "?" not in p:
+                name = p[len(pre) + 1:-2]
+                envs.setdefault(name.lower(), {"name": name, "pattern": p, "directives": directives,
+                                               "options": parse_connect_options(directives.get("proxycommand", ""))})
+    hosts = []
+    for kind, patterns, directives, comment in blocks:
+        for p in patterns:
+            if "*" in p or "?" in p or p.startswith("!"):
+                continue
+            pre = next((x for x in sorted(prefixes, key=len, reverse=True) if p.lower().startswith(x + "-")), None)
+            if not pre:
+                continue
+            rest = p[len(pre) + 1:]
+            env_key = next((e for e in sorted(envs, key=len, reverse=True) if rest.lower().startswith(e + "-")), None)
+            env_name = str(envs[env_key]["name"]) if env_key else rest.split("-", 1)[0]
+            short = rest[len(env_name) + 1:] if rest.lower().startswith(env_name.lower() + "-") else rest
+            hosts.append({"host": p, "name": short or p, "environment": env_name,
+                          "instance_id": directives.get("hostname", ""), "comment": comment})
+    return {"generic": generic, "environments": envs, "hosts": hosts}
+
+
+def render_host_list(parsed: dict[str, object], environment: str | None, detailed: bool,
+                     status: dict[str, tuple[str, str]] | None = None) -> str:
+    """The text 'list' prints: hosts grouped by environment, sorted, short name first."""
+    hosts = [h for h in parsed["hosts"] if not environment or h["environment"].lower() == environment.lower()]  # type: ignore[attr-defined]
+    envs: dict[str, dict[str, object]] = parsed["environments"]  # type: ignore[assignment]
+    out = ["=== cloudX-proxy Configured Hosts ===", ""]
+    if detailed:
+        out.append("Generic Patterns:")
+        out += [f"  {p}" for p in parsed["generic"]]  # type: ignore[attr-defined]
+        out += [f"  {e['pattern']}" for e in envs.values()]
+        out.append("")
+    groups: dict[str, list[dict[str, str]]] = {}
+    for h in hosts:
+        groups.setdefault(h["environment"], []).append(h)
+    for env in sorted(groups, key=str.lower):
+        out.append(f"Environment: {env}")
+        if detailed and env.lower() in envs:
+            info = envs[env.lower()]
+            opts: dict[str, str] = info["options"]  # type: ignore[assignment]
+            out.append(f"  profile: {opts.get('profile', '(default)')}, key: {opts.get('ssh-key', '(default)')}")
+            out.append(f"  ProxyCommand: {info['directives'].get('proxycommand', '(none)')}")  # type: ignore[attr-defined]
+        for h in sorted(groups[env], key=lambda x: (x["name"].lower(), x["host"])):
+            extra = [h["host"], h["instance_id"] or "N/A"] + ([h["comment"]] if h["comment"] else [])
+            line = f"  {h['name']} ({', '.join(extra)})"
+            if status is not None:
+                state, ping = status.get(h["instance_id"], ("unknown", "unknown"))
+                line += f"  [{state}, SSM {ping}]"
+            out.append(line)
+        out.append("")
+    if not groups:
+        out += ["No cloudX hosts configured" + (f" in environment {environment}" if environment else "") + ".", ""]
+    out += ["Usage:", "  Connect with SSH:  ssh <hostname>"]
+    return "\n".join(out) + "\n"
+
+
 # ---------------------------------------------------------------------------
 # File helpers
 # ---------------------------------------------------------------------------
@@ -1818,6 +1962,348 @@ def _safe_host_part(value: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------
+# list
+# ---------------------------------------------------------------------------
+def default_ssh_config(home: str) -> str:
+    """~/.ssh/cloudX/config if it exists, else ~/.ssh/vscode/config if that exists, else the first."""
+    cloudx = os.path.join(home, ".ssh", "cloudX", "config")
+    vscode = os.path.join(home, ".ssh", "vscode", "config")
+    return vscode if not os.path.exists(cloudx) and os.path.exists(vscode) else cloudx
+
+
+def aws_for_options(opts: Mapping[str, str], environ: Mapping[str, str]) -> Aws:
+    """An aws runner for the profile/region/aws-env a ProxyCommand names (connect's defaults otherwise)."""
+    home = os.path.expanduser("~")
+    env = dict(environ)
+    if opts.get("aws-env"):
+        env_dir = os.path.join(home, ".aws", "aws-envs", validate_name("aws-env", opts["aws-env"]))
+        env["AWS_CONFIG_FILE"] = os.path.join(env_dir, "config")
+        env["AWS_SHARED_CREDENTIALS_FILE"] = os.path.join(env_dir, "credentials")
+    profile = validate_name("profile", opts.get("profile") or default_profile_and_key(home)[0])
+    config_file = os.path.expanduser(env.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"))
+    region, _ = resolve_region(opts.get("region"), env, profile_section(read_ini(config_file) or {}, profile))
+    aws_path, looked = find_program("aws", env.get("PATH"))
+    if not aws_path:
+        raise CloudxError(f"the aws CLI was not found on PATH or in {', '.join(looked[-6:])}", AWS_INSTALL_HINT)
+    return Aws(aws_path, profile, validate_region(region), env)
+
+
+def fetch_status(parsed: dict[str, object], environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """EC2 state and SSM PingStatus of every host: one call of each kind per profile, side by side."""
+    envs: dict[str, dict[str, object]] = parsed["environments"]  # type: ignore[assignment]
+    groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    for h in parsed["hosts"]:  # type: ignore[attr-defined]
+        if not INSTANCE_ID_RE.fullmatch(h["instance_id"]):
+            continue
+        opts: dict[str, str] = envs.get(h["environment"].lower(), {}).get("options", {})  # type: ignore[assignment]
+        key = tuple(sorted((k, v) for k, v in opts.items() if k in ("profile", "region", "aws-env")))
+        groups.setdefault(key, []).append(h["instance_id"])
+    status: dict[str, tuple[str, str]] = {}
+    for key, ids in groups.items():
+        ids = sorted(set(ids))
+        try:
+            aws = aws_for_options(dict(key), environ)
+        except CloudxError as e:
+            status.update({i: (f"error: {e.message}", "unknown") for i in ids})
+            continue
+        res = aws.many({
+            "ec2": ["ec2", "describe-instances", "--filters", json.dumps([{"Name": "instance-id", "Values": ids}])],
+            "ssm": ["ssm", "describe-instance-information", "--filters", json.dumps([{"Key": "InstanceIds", "Values": ids}])],
+        })
+        for iid in ids:
+            ec2, ssm = res["ec2"], res["ssm"]
+            state = f"error: {ec2.message}" if isinstance(ec2, CloudxError) else (parse_instance_state(ec2, iid) or "not found")
+            ping = f"error: {ssm.message}" if isinstance(ssm, CloudxError) else parse_ping_status(ssm, iid)
+            status[iid] = (state, ping)
+    return status
+
+
+def list_json(path: str, parsed: dict[str, object], environment: str | None,
+              status: dict[str, tuple[str, str]] | None) -> dict[str, object]:
+    """The machine-readable form of list."""
+    envs: dict[str, dict[str, object]] = parsed["environments"]  # type: ignore[assignment]
+    out_envs: dict[str, dict[str, object]] = {}
+    for h in parsed["hosts"]:  # type: ignore[attr-defined]
+        if environment and h["environment"].lower() != environment.lower():
+            continue
+        info = envs.get(h["environment"].lower(), {})
+        opts: dict[str, str] = info.get("options", {})  # type: ignore[assignment]
+        entry = out_envs.setdefault(h["environment"], {
+            "name": h["environment"], "pattern": info.get("pattern"),
+            "profile": opts.get("profile"), "ssh_key": opts.get("ssh-key"), "ssh_dir": opts.get("ssh-dir"),
+            "aws_env": opts.get("aws-env"),
+            "proxy_command": info.get("directives", {}).get("proxycommand"),  # type: ignore[attr-defined]
+            "hosts": [],
+        })
+        host = dict(h)
+        if status is not None:
+            host["state"], host["ping_status"] = status.get(h["instance_id"], ("unknown", "unknown"))
+        entry["hosts"].append(host)  # type: ignore[attr-defined]
+    for e in out_envs.values():
+        e["hosts"].sort(key=lambda x: (x["name"].lower(), x["host"]))  # type: ignore[attr-defined]
+    return {"config": path, "generic": parsed["generic"],
+            "environments": [out_envs[k] for k in sorted(out_envs, key=str.lower)]}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print the configured hosts, grouped by environment (stdout)."""
+    home = os.path.expanduser("~")
+    path = os.path.expanduser(validate_path("--ssh-config", args.ssh_config)) if args.ssh_config else default_ssh_config(home)
+    environment = validate_host_part("environment", args.environment) if args.environment else None
+    if args.dry_run:
+        log(f"[dry run] would read {path}" + (f", environment {environment}" if environment else "")
+            + (" and query AWS for each host's state" if args.status else ""))
+        return EXIT_OK
+    if not os.path.isfile(path):
+        raise CloudxError(f"no SSH config at {path}", f"run '{PROG} setup' to create one, or pass --ssh-config")
+    parsed = parse_cloudx_config(read_text(path))
+    status = fetch_status(parsed, os.environ) if args.status else None
+    if args.json:
+        print(json.dumps(list_json(path, parsed, environment, status), indent=2))
+    else:
+        sys.stdout.write(render_host_list(parsed, environment, args.detailed, status))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# doctor
+# ---------------------------------------------------------------------------
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+def render_findings(findings: list[tuple[str, str, str, str]]) -> str:
+    """One line per check: level, check, detail and, for warn/FAIL, the fix."""
+    lines = []
+    for level, check, detail, fix in findings:
+        line = f"{level:<5} {check}: {detail}"
+        if fix and level != OK:
+            line += f" -- fix: {fix}"
+        lines.append(line)
+    fails = sum(1 for f in findings if f[0] == FAIL)
+    warns = sum(1 for f in findings if f[0] == WARN)
+    lines.append(f"{len(findings)} checks: {len(findings) - fails - warns} ok, {warns} warn, {fails} FAIL")
+    return "\n".join(lines) + "\n"
+
+
+def include_position(main_text: str, config_path: str) -> str:
+    """Where ~/.ssh/config includes our config: 'before' the first Host/Match block, 'inside' one, or 'missing'."""
+    wanted = os.path.normpath(os.path.expanduser(config_path))
+    for index, block in enumerate(split_config(main_text)):
+        for line in block.lines:
+            parsed = parse_directive(line)
+            if parsed and parsed[0] == "include":
+                paths = [os.path.normpath(os.path.expanduser(p)) for p in split_patterns(parsed[1])]
+                if wanted in paths:
+                    return "before" if index == 0 else "inside"
+    return "missing"
+
+
+def proxy_program_missing(proxy_command: str) -> str | None:
+    """The program (or zipapp/script) a ProxyCommand runs, if it does not exist."""
+    import shlex
+
+    try:
+        words = shlex.split(proxy_command.replace("%%", "%"))
+    except ValueError:
+        return proxy_command
+    if not words:
+        return "(empty)"
+    for word in words[: words.index("connect") if "connect" in words else 1]:
+        if os.sep in word or (os.altsep and os.altsep in word):
+            if not os.path.exists(os.path.expanduser(word)):
+                return word
+        elif word not in ("-m", "-S", "-I", "-E", "cloudx_proxy") and not find_program(word, os.environ.get("PATH"))[0]:
+            return word
+    return None
+
+
+def _tool_version(path: str, args: list[str]) -> str:
+    proc = run_cmd([path, *args], timeout=60)
+    return " ".join((proc.stdout or proc.stderr).split())[:60]
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check everything a connection needs and say what to fix; exit 1 if anything FAILs."""
+    import argparse
+
+    home = os.path.expanduser("~")
+    findings: list[tuple[str, str, str, str]] = []
+    add = findings.append
+    config_path = os.path.expanduser(validate_path("--ssh-config", args.ssh_config)) if args.ssh_config else default_ssh_config(home)
+    parsed = parse_cloudx_config(read_text(config_path)) if os.path.isfile(config_path) else None
+    envs: dict[str, dict[str, object]] = parsed["environments"] if parsed else {}  # type: ignore[assignment]
+    target, instance_id, opts = args.target, None, {}
+    host_entry = None
+    if target:
+        if target.startswith("i-"):
+            instance_id = validate_instance_id(target)
+        hosts = parsed["hosts"] if parsed else []
+        host_entry = next((h for h in hosts if h["host"].lower() == target.lower() or h["instance_id"] == target), None)  # type: ignore[attr-defined]
+        if host_entry is not None:
+            instance_id = host_entry["instance_id"] or instance_id
+            opts = envs.get(host_entry["environment"].lower(), {}).get("options", {})
+        elif not instance_id:
+            validate_host_part("host", target)
+    elif len(envs) == 1:
+        opts = next(iter(envs.values())).get("options", {})  # type: ignore[assignment]
+    opts = dict(opts)  # type: ignore[arg-type]
+    for name in ("profile", "ssh_key", "ssh_dir", "aws_env"):
+        if getattr(args, name) is not None:
+            opts[name.replace("_", "-")] = getattr(args, name)
+    d_profile, d_key, d_dir = default_profile_and_key(home)
+    profile = validate_name("profile", opts.get("profile") or d_profile)
+    key = validate_name("ssh key name", opts.get("ssh-key") or d_key)
+    ssh_dir = os.path.expanduser(opts.get("ssh-dir") or d_dir)
+
+    # Local tools
+    ok_py = sys.version_info >= (3, 9)
+    add((OK if ok_py else FAIL, "python", sys.version.split()[0], "install Python 3.9 or newer"))
+    aws_path, _ = find_program("aws", os.environ.get("PATH"))
+    if aws_path:
+        version = _tool_version(aws_path, ["--version"])
+        major = re.search(r"aws-cli/(\d+)", version)
+        add((OK, "aws", f"v{major.group(1) if major else '?'} at {aws_path}", ""))
+    else:
+        add((FAIL, "aws", "not found on PATH or in the standard places", AWS_INSTALL_HINT))
+    plugin, _ = find_program("session-manager-plugin", os.environ.get("PATH"))
+    add((OK, "session-manager-plugin", f"{_tool_version(plugin, ['--version'])} at {plugin}", "") if plugin
+        else (FAIL, "session-manager-plugin", "not found", PLUGIN_INSTALL_HINT))
+    ssh, _ = find_program("ssh", os.environ.get("PATH"))
+    if ssh:
+        mux = run_cmd([ssh, "-G", "-o", "ControlMaster=auto", "-o", "ControlPath=none", "doctor.invalid"], timeout=30).returncode == 0
+        add((OK if mux else WARN, "ssh", f"{ssh}" + ("" if mux else " (no ControlMaster support)"),
+             "comment out the Control* lines of the generic block"))
+    else:
+        add((FAIL, "ssh", "not found", "install the OpenSSH client"))
+    keygen, _ = find_program("ssh-keygen", os.environ.get("PATH"))
+    add((OK, "ssh-keygen", keygen, "") if keygen else (WARN, "ssh-keygen", "not found", "install the OpenSSH client"))
+
+    # AWS profile (from files: no aws process)
+    env = dict(os.environ)
+    if opts.get("aws-env"):
+        env_dir = os.path.join(home, ".aws", "aws-envs", validate_name("aws-env", opts["aws-env"]))
+        env["AWS_CONFIG_FILE"], env["AWS_SHARED_CREDENTIALS_FILE"] = (os.path.join(env_dir, "config"), os.path.join(env_dir, "credentials"))
+    aws = None
+    try:
+        ns = argparse.Namespace(instance_id=instance_id or "i-00000000", port="22", profile=profile, ssh_key=key, user=DEFAULT_USER,
+                                timeout=DEFAULT_TIMEOUT, region=None, ssh_dir=ssh_dir, ssh_config=None, aws_env=opts.get("aws-env"))
+        plan = plan_connect(ns, os.environ)
+        check_profile(plan)
+        add((OK, "profile", f"'{profile}' in {plan.config_file}, region {plan.region} (from {plan.region_source})", ""))
+        if aws_path:
+            aws = Aws(aws_path, profile, plan.region, plan.env, instance_id)
+    except CloudxError as e:
+        add((FAIL, "profile", e.message, e.hint or ""))
+
+    # Key files
+    agent_cfg = envs.get(host_entry["environment"].lower(), {}).get("directives", {}).get("identityagent") if host_entry else None  # type: ignore[union-attr]
+    priv, pub = os.path.join(ssh_dir, key), os.path.join(ssh_dir, key + ".pub")
+    if os.name != "nt" and os.path.isdir(ssh_dir) and os.stat(ssh_dir).st_mode & 0o077:
+        add((WARN, "ssh dir", f"{ssh_dir} is accessible by others ({os.stat(ssh_dir).st_mode & 0o777:o})", f"chmod 700 {ssh_dir}"))
+    if not os.path.exists(pub):
+        add((FAIL, "key", f"{pub} not found", f"run '{PROG} setup'"))
+    elif agent_cfg:
+        add((OK, "key", f"{pub} with agent {agent_cfg} (1Password)", ""))
+    elif not os.path.exists(priv):
+        add((FAIL, "key", f"{priv} not found (only the public key exists)", f"run '{PROG} setup'"))
+    else:
+        loose = os.name != "nt" and os.stat(priv).st_mode & 0o077
+        derived = run_cmd([keygen, "-y", "-P", "", "-f", priv], timeout=30).stdout.strip() if keygen and not loose else ""
+        matches = None
+        if derived:
+            try:
+                matches = parse_public_key(read_text(pub), pub) == parse_public_key(derived, priv)
+            except CloudxError:
+                matches = False
+        if loose:
+            add((FAIL, "key", f"{priv} is readable by others (ssh refuses it)", f"chmod 600 {priv}"))
+        elif matches is False:
+            add((FAIL, "key", f"{pub} does not match {priv}", f"ssh-keygen -y -f {priv} > {pub}"))
+        else:
+            add((OK, "key", f"{priv} (0600)" + (", public key matches" if matches else ""), ""))
+
+    # SSH config
+    if parsed is None:
+        add((FAIL, "ssh config", f"{config_path} not found", f"run '{PROG} setup'"))
+    else:
+        add((OK, "ssh config", f"{config_path}: {len(parsed['hosts'])} hosts in {len(envs)} environments", ""))  # type: ignore[arg-type]
+        main_config = os.path.join(home, ".ssh", "config")
+        if os.path.realpath(main_config) != os.path.realpath(config_path):
+            where = include_position(read_text(main_config), config_path)
+            add({"before": (OK, "include", f"{main_config} includes it before its first Host block", ""),
+                 "inside": (FAIL, "include", f"the Include in {main_config} sits inside a Host/Match block", f"move 'Include {config_path}' above the first Host line"),
+                 "missing": (FAIL, "include", f"{main_config} does not include {config_path}", f"run '{PROG} setup' (or add 'Include {config_path}' at its top)")}[where])
+        for e in envs.values():
+            proxy = str(e["directives"].get("proxycommand", ""))  # type: ignore[attr-defined]
+            missing = proxy_program_missing(proxy) if proxy else "(no ProxyCommand)"
+            add((FAIL, "proxy command", f"{e['pattern']}: {missing} does not exist", f"run '{PROG} setup' again") if missing
+                else (OK, "proxy command", f"{e['pattern']} runs an existing program", ""))
+    control = os.path.join(home, ".ssh", "control")
+    if os.name != "nt":
+        add((OK, "control dir", control, "") if os.path.isdir(control)
+            else (WARN, "control dir", f"{control} missing (ssh cannot share connections)", f"mkdir -m 700 {control}"))
+
+    # AWS: credentials and the instance, side by side
+    if aws is not None:
+        calls = {"sts": ["sts", "get-caller-identity"]}
+        if instance_id:
+            calls.update(ec2=aws_describe_args(instance_id), ssm=aws_ssm_status_args(instance_id),
+                         start=["ec2", "start-instances", "--instance-ids", instance_id, "--dry-run"])
+        res = aws.many(calls)
+        sts = res["sts"]
+        user = ""
+        if isinstance(sts, CloudxError):
+            add((FAIL, "credentials", sts.message, sts.hint or ""))
+        else:
+            arn = str(sts.get("Arn", ""))  # type: ignore[union-attr]
+            user = env_from_identity(arn)[1]
+            add((OK, "credentials", arn, ""))
+        if instance_id:
+            doctor_instance(add, res, instance_id, aws.region, user)
+    elif target and not instance_id:
+        add((FAIL, "instance", f"{target} is not a host in {config_path}", f"run '{PROG} list' to see the hosts"))
+    if args.json:
+        print(json.dumps([{"level": lv, "check": c, "detail": d, "fix": f} for lv, c, d, f in findings], indent=2))
+    else:
+        sys.stdout.write(render_findings(findings))
+    return EXIT_ERROR if any(f[0] == FAIL for f in findings) else EXIT_OK
+
+
+def doctor_instance(add: Callable[[tuple[str, str, str, str]], None], res: dict[str, object], iid: str, region: str, user: str) -> None:
+    """Findings about one instance from describe-instances, SSM and a StartInstances dry run."""
+    ec2, ssm, start = res["ec2"], res["ssm"], res["start"]
+    state = None
+    if isinstance(ec2, CloudxError):
+        add((FAIL, "instance", ec2.message, ec2.hint or ""))
+    else:
+        inst = next((i for r in (ec2 or {}).get("Reservations", []) for i in r.get("Instances", [])), {})  # type: ignore[union-attr]
+        state = inst.get("State", {}).get("Name", "unknown")
+        tags = {t.get("Key"): t.get("Value") for t in inst.get("Tags", [])}
+        add({"running": (OK, "instance", f"{iid} running in {region}", ""),
+             "stopped": (WARN, "instance", f"{iid} is stopped", "connect starts it (allow about a minute)")}.get(
+            state, (FAIL if state in ("terminated", "shutting-down") else WARN, "instance", f"{iid} is {state}", "use a running instance")))
+        owner = tags.get("cloudxuser")
+        if owner is None:
+            add((WARN, "cloudxuser tag", f"{iid} has no cloudxuser tag (ABAC access may be refused)", "tag the instance cloudxuser=<your IAM user>"))
+        elif user and owner.lower() != user.lower():
+            add((FAIL, "cloudxuser tag", f"the instance belongs to {owner}, you are {user}", "use your own instance or your own credentials"))
+        else:
+            add((OK, "cloudxuser tag", str(owner), ""))
+    if isinstance(ssm, CloudxError):
+        add((FAIL, "ssm", ssm.message, ssm.hint or ""))
+    else:
+        ping = parse_ping_status(ssm, iid)
+        level = OK if ping == "Online" else (WARN if state != "running" else FAIL)
+        add((level, "ssm", f"PingStatus {ping}", SSM_AGENT_HINT))
+    if isinstance(start, CloudxError) and start.code == "DryRunOperation":
+        add((OK, "start permission", "ec2:StartInstances allowed (dry run)", ""))
+    elif isinstance(start, CloudxError) and start.code and ("Unauthorized" in start.code or "AccessDenied" in start.code):
+        add((FAIL, "start permission", start.message, start.hint or ""))
+    elif isinstance(start, CloudxError):
+        add((WARN, "start permission", f"dry run inconclusive: {start.message}", ""))
+
+
+# ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
 CONNECT_EPILOG = """examples:
@@ -1848,6 +2334,14 @@ writes three blocks to the SSH config (default ~/.ssh/cloudX/config):
   Host cloudX-{env}-*       IdentityFile and the ProxyCommand running this program
   Host cloudX-{env}-{host}  HostName i-...
 and includes that file from ~/.ssh/config. Existing files are backed up first."""
+
+
+LIST_EPILOG = """examples:
+  cloudx-proxy list
+  cloudx-proxy list --environment dev
+  cloudx-proxy list --detailed
+  cloudx-proxy list --ssh-config ~/.ssh/cloudx/config
+  cloudx-proxy list --json --status"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1913,6 +2407,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="non-interactive: take the defaults, never prompt")
     p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
     p.set_defaults(func=cmd_setup)
+    p = sub.add_parser(
+        "list",
+        parents=[verbose],
+        help="list the configured hosts, grouped by environment",
+        description="List the hosts in the SSH config that setup writes, grouped by environment.",
+        epilog=LIST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--ssh-config", help="SSH config to read (default: ~/.ssh/cloudX/config, else ~/.ssh/vscode/config)")
+    p.add_argument("--environment", help="only this environment (case-insensitive)")
+    p.add_argument("--detailed", action="store_true", help="also the patterns and each environment's profile, key, ProxyCommand")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--status", action="store_true", help="add each instance's EC2 state and SSM PingStatus (asks AWS)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be read; read nothing")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser(
+        "doctor",
+        parents=[verbose],
+        help="check what a connection needs and say what to fix",
+        description="Check tools, profile, key, SSH config and (given a host) the instance; exit 1 on any FAIL.",
+        epilog="examples:\n  cloudx-proxy doctor\n  cloudx-proxy doctor cloudX-dev-web\n  cloudx-proxy doctor i-0123456789abcdef0 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", metavar="HOST_OR_INSTANCE", nargs="?", help="a host from the SSH config, or an instance id")
+    p.add_argument("--ssh-config", help="SSH config (default: ~/.ssh/cloudX/config)")
+    p.add_argument("--profile", help="AWS profile (default: from the host's ProxyCommand, else as connect)")
+    p.add_argument("--ssh-key", help="SSH key name (default: from the host's ProxyCommand, else as connect)")
+    p.add_argument("--ssh-dir", help="SSH key directory (default: from the host's ProxyCommand, else as connect)")
+    p.add_argument("--aws-env", help="use ~/.aws/aws-envs/AWS_ENV")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -2304,6 +2304,195 @@ def doctor_instance(add: Callable[[tuple[str, str, str, str]], None], res: dict[
 
 
 # ---------------------------------------------------------------------------
+# cleanup and migrate
+# ---------------------------------------------------------------------------
+def canonical_config(text: str, when: str) -> tuple[str, list[str]]:
+    """Our blocks in three-tier order with fresh banners, duplicates dropped (last wins).
+
+    Foreign lines before the first block stay first; foreign blocks follow
+    ours, in their order, byte for byte. Returns the text and what was dropped.
+    """
+    newline = "\r\n" if "\r\n" in text else "\n"
+    parsed = parse_cloudx_config(text)
+    envs: dict[str, dict[str, object]] = parsed["environments"]  # type: ignore[assignment]
+    env_of = {h["host"].lower(): h["environment"] for h in parsed["hosts"]}  # type: ignore[attr-defined]
+    generic_patterns = {p.lower() for p in parsed["generic"]}  # type: ignore[attr-defined]
+    env_patterns = {str(e["pattern"]).lower(): name for name, e in envs.items()}
+    blocks = split_config(text)
+    preamble, foreign = blocks[0], []
+    ours: dict[tuple[str, str], ConfigBlock] = {}
+    order: list[tuple[str, str]] = []
+    dropped = []
+    for block in blocks[1:]:
+        words = split_patterns(block.patterns.split("#")[0]) if block.keyword == "host" else []
+        pattern = words[0].lower() if len(words) == 1 else ""
+        kind = ("generic" if pattern in generic_patterns else "environment" if pattern in env_patterns
+                else "host" if pattern in env_of else "")
+        if not kind:
+            foreign.append(block)
+            continue
+        key = (kind, pattern)
+        if key in ours:
+            dropped.append(f"dropped duplicate {kind} block Host {words[0]} (the later one is kept)")
+        else:
+            order.append(key)
+        ours[key] = block
+
+    def body(block: ConfigBlock) -> list[str]:
+        lines = [ln for ln in block.lines if not ln.startswith(BANNER_PREFIXES)]
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return [ln if ln.endswith("\n") else ln + newline for ln in lines]
+
+    def sort_key(key: tuple[str, str]) -> tuple[int, str, int, str]:
+        kind, pattern = key
+        if kind == "generic":
+            return (0, "", 0, pattern)
+        env = env_patterns.get(pattern) or env_of.get(pattern, "").lower()
+        return (1, env, 0 if kind == "environment" else 1, pattern)
+
+    out = [ln for ln in preamble.lines if not ln.startswith(BANNER_PREFIXES)]
+    while out and not out[-1].strip():
+        out.pop()
+    if out:
+        out[-1] = out[-1] if out[-1].endswith("\n") else out[-1] + newline
+        out.append(newline)
+    for key in sorted(order, key=sort_key):
+        out += _block_lines(render_banner(key[0], when), newline) + body(ours[key]) + [newline]
+    for block in foreign:
+        out += body(block) + [newline]
+    return "".join(out).rstrip("\r\n") + newline, dropped
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Rewrite the SSH config in canonical order without duplicates (backup first; --dry-run shows the diff)."""
+    home = os.path.expanduser("~")
+    path = os.path.expanduser(validate_path("--ssh-config", args.ssh_config)) if args.ssh_config else default_ssh_config(home)
+    if not os.path.isfile(path):
+        raise CloudxError(f"no SSH config at {path}", f"run '{PROG} setup' first, or pass --ssh-config")
+    notes: list[str] = []
+
+    def update(old: str) -> str:
+        new, dropped = canonical_config(old, time.strftime("%Y-%m-%d %H:%M:%S"))
+        notes.extend(dropped)
+        # Only the banners' dates changed: nothing to clean.
+        same = [ln for ln in new.splitlines() if not ln.startswith("# Created by")] == [
+            ln for ln in old.lstrip("\ufeff").splitlines() if not ln.startswith("# Created by")]
+        return old if same else new
+
+    old, new = update_file(path, update, cache_dir(os.environ, home), args.dry_run)
+    for note in notes:
+        log(note)
+    if new is None:
+        log(f"{path} is already clean")
+    elif args.dry_run:
+        _print_diff(path, old, new)
+    else:
+        log(f"rewrote {path} (backup beside it)")
+    return EXIT_OK
+
+
+def _print_diff(path: str, old: str, new: str) -> None:
+    import difflib
+
+    log(f"[dry run] would change {path}:")
+    for line in difflib.unified_diff(old.splitlines(), new.splitlines(), path, path + " (new)", lineterm=""):
+        print(f"    {line}", file=sys.stderr)
+
+
+def migrate_config_text(text: str, source: str, target: str) -> str:
+    """Point a legacy config at the new directory; keep the vscode profile/key it relied on by default."""
+    home = os.path.expanduser("~")
+    tilde_source = "~" + source[len(home):] if source.startswith(home + os.sep) else None
+    tilde_target = "~" + target[len(home):] if target.startswith(home + os.sep) else target
+    out = []
+    for line in text.splitlines(keepends=True):
+        parsed = parse_directive(line)
+        if parsed and parsed[0] in ("identityfile", "proxycommand", "include", "identityagent", "controlpath"):
+            line = line.replace(source, target)
+            if tilde_source:
+                line = line.replace(tilde_source, tilde_target)
+            if parsed[0] == "proxycommand" and " connect " in line:
+                opts = parse_connect_options(parsed[1])
+                extra = "".join(f" --{k} vscode" for k in ("profile", "ssh-key") if k not in opts)
+                if extra:
+                    stripped = line.rstrip("\r\n")
+                    line = stripped + extra + line[len(stripped):]
+        out.append(line)
+    return "".join(out)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Move a legacy ~/.ssh/vscode setup to ~/.ssh/cloudX, rewriting paths and the Include."""
+    import shutil
+
+    home = os.path.expanduser("~")
+    source = os.path.join(home, ".ssh", "vscode")
+    target = os.path.abspath(os.path.expanduser(validate_config_path("--target-dir", args.target_dir))) if args.target_dir \
+        else os.path.join(home, ".ssh", "cloudX")
+    if not os.path.isdir(source):
+        raise CloudxError(f"nothing to migrate: {source} does not exist")
+    if os.path.realpath(source) == os.path.realpath(target):
+        raise usage_error("--target-dir is the legacy directory itself")
+    dry = args.dry_run
+    if not dry:
+        ensure_private_dir(target)
+    moved = 0
+    for name in sorted(os.listdir(source)):
+        src, dst = os.path.join(source, name), os.path.join(target, name)
+        if not os.path.isfile(src) or name.endswith(("~", ".tmp")) or name.startswith(".tmp-"):
+            continue
+        if name == "config":
+            new_text = migrate_config_text(read_text(src), source, target)
+            if dry:
+                _print_diff(dst, read_text(src), new_text)
+        if os.path.exists(dst) and read_text_bytes(dst) != read_text_bytes(src):
+            answer = "n"
+            if not dry and sys.stdin.isatty():
+                print(f"{dst} exists and differs. Overwrite it? [y/N]: ", end="", file=sys.stderr, flush=True)
+                answer = sys.stdin.readline().strip().lower() or "n"
+            if not answer.startswith("y"):
+                log(f"kept {dst} (exists and differs); {src} left in place")
+                continue
+        if dry:
+            log(f"[dry run] would move {src} -> {dst}")
+            continue
+        if name == "config":
+            atomic_write(dst, new_text, 0o600)
+            os.unlink(src)
+        else:
+            mode = stat_mode(src)
+            shutil.move(src, dst)
+            os.chmod(dst, mode if name.endswith(".pub") else mode & 0o600 or 0o600)
+        moved += 1
+        log(f"moved {src} -> {dst}")
+    main_config = os.path.join(home, ".ssh", "config")
+    if os.path.exists(main_config):
+        def update(old: str) -> str:
+            return migrate_config_text(old, os.path.join(source, "config"), os.path.join(target, "config"))
+
+        old, new = update_file(main_config, update, cache_dir(os.environ, home), dry)
+        if new is not None:
+            _print_diff(main_config, old, new) if dry else log(f"updated the Include in {main_config}")
+    if not dry and not os.listdir(source):
+        os.rmdir(source)
+        log(f"removed the empty {source}")
+    log(f"migrated {moved} files to {target}" if not dry else "[dry run] nothing was changed")
+    return EXIT_OK
+
+
+def read_text_bytes(path: str) -> bytes:
+    """A file's bytes."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def stat_mode(path: str) -> int:
+    """Permission bits of a file."""
+    return os.stat(path).st_mode & 0o777
+
+
+# ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
 CONNECT_EPILOG = """examples:
@@ -2438,6 +2627,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aws-env", help="use ~/.aws/aws-envs/AWS_ENV")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_doctor)
+    p = sub.add_parser(
+        "cleanup",
+        parents=[verbose],
+        help="rewrite the SSH config in three-tier order, dropping duplicate blocks",
+        description="Rewrite the SSH config in canonical three-tier order with fresh banners; duplicates: the last wins.",
+        epilog="examples:\n  cloudx-proxy cleanup --dry-run\n  cloudx-proxy cleanup --ssh-config ~/.ssh/cloudx/config",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--ssh-config", help="SSH config (default: ~/.ssh/cloudX/config)")
+    p.add_argument("--dry-run", action="store_true", help="show the diff; write nothing")
+    p.set_defaults(func=cmd_cleanup)
+    p = sub.add_parser(
+        "migrate",
+        parents=[verbose],
+        help="move a legacy ~/.ssh/vscode setup to ~/.ssh/cloudX",
+        description="Move config and keys from ~/.ssh/vscode, rewrite the paths in them and the Include in ~/.ssh/config.",
+        epilog="examples:\n  cloudx-proxy migrate --dry-run\n  cloudx-proxy migrate --target-dir ~/.ssh/cloudX",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--target-dir", help="where to move it (default: ~/.ssh/cloudX)")
+    p.add_argument("--dry-run", action="store_true", help="show the moves and diffs; change nothing")
+    p.set_defaults(func=cmd_migrate)
     return parser
 
 

@@ -1,0 +1,124 @@
+"""cleanup and migrate: round trips with byte-level checks of untouched lines (no AWS needed)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import cloudx_proxy as cp  # noqa: E402
+
+MESSY = (
+    "# my settings\n"
+    "ServerAliveInterval 30\n"
+    "\n"
+    "Host cloudX-dev-web\n"
+    "    HostName i-0123456789abcdef0\n"
+    "Host mine\n"
+    "\tHostName 192.0.2.7   # keep me\n"
+    "# Created by cloudX-proxy v0.1.0 on 2026-01-01 00:00:00\n"
+    "# Configuration type: environment\n"
+    "Host cloudX-dev-*\n"
+    "    IdentityFile /k/key\n"
+    "    ProxyCommand python3 /x.pyz connect %h %p --profile p\n"
+    "Host cloudX-*\n"
+    "    User ec2-user\n"
+    "Match host *.corp\n"
+    "  User me\n"
+    "Host cloudX-dev-web\n"
+    "    HostName i-22222222\n"
+)
+
+
+def run(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    return subprocess.run([sys.executable, str(Path(cp.__file__)), *args], env=env, input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_canonical_order_and_duplicates() -> None:
+    text, dropped = cp.canonical_config(MESSY, "2026-02-02 00:00:00")
+    assert dropped == ["dropped duplicate host block Host cloudX-dev-web (the later one is kept)"]
+    assert text.startswith("# my settings\nServerAliveInterval 30\n\n# Created by cloudX-proxy")
+    order = [text.index(s) for s in ("Host cloudX-*\n", "Host cloudX-dev-*\n", "Host cloudX-dev-web\n", "Host mine\n", "Match host")]
+    assert order == sorted(order)
+    assert "i-22222222" in text and "i-0123456789abcdef0" not in text, "last one wins"
+    assert "Host mine\n\tHostName 192.0.2.7   # keep me\n" in text, "foreign lines byte for byte"
+    assert "Match host *.corp\n  User me\n" in text
+    assert text.count("# Configuration type:") == 3
+    again, dropped = cp.canonical_config(text, "2026-03-03 00:00:00")
+    assert dropped == [] and again.replace("2026-03-03", "2026-02-02") == text, "stable"
+
+
+def test_cleanup_command_round_trip(tmp_path: Path) -> None:
+    config = tmp_path / ".ssh" / "cloudX" / "config"
+    config.parent.mkdir(parents=True)
+    config.write_text(MESSY)
+    res = run(tmp_path, "cleanup", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "-Host cloudX-dev-web" in res.stderr and config.read_text() == MESSY, "dry run writes nothing"
+    res = run(tmp_path, "cleanup")
+    assert res.returncode == 0, res.stderr
+    assert "dropped duplicate host block" in res.stderr
+    assert (config.parent / "config.bak").read_text() == MESSY
+    cleaned = config.read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    res = run(tmp_path, "cleanup")
+    assert "already clean" in res.stderr and config.read_text() == cleaned
+
+
+def test_cleanup_keeps_crlf() -> None:
+    text, _ = cp.canonical_config(MESSY.replace("\n", "\r\n"), "2026-02-02 00:00:00")
+    assert "\n" not in text.replace("\r\n", "")
+
+
+def _legacy_home(home: Path) -> Path:
+    legacy = home / ".ssh" / "vscode"
+    legacy.mkdir(parents=True, mode=0o700)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(legacy / "vscode")], check=True)
+    (legacy / "config").write_text(
+        "Host cloudx-dev-*\n"
+        f"    IdentityFile {legacy}/vscode\n"
+        "    ProxyCommand uvx cloudx-proxy connect %h %p\n"
+        "Host cloudx-dev-web\n    HostName i-0123456789abcdef0\n")
+    (home / ".ssh" / "config").write_text(f"Include {legacy}/config\n\nHost other\n  User x\n")
+    return legacy
+
+
+def test_migrate_moves_keys_and_rewrites_paths(tmp_path: Path) -> None:
+    legacy = _legacy_home(tmp_path)
+    key = (legacy / "vscode").read_bytes()
+    target = tmp_path / ".ssh" / "cloudX"
+    res = run(tmp_path, "migrate", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "would move" in res.stderr and not target.exists()
+    res = run(tmp_path, "migrate")
+    assert res.returncode == 0, res.stderr
+    assert not legacy.exists()
+    assert (target / "vscode").read_bytes() == key
+    assert stat.S_IMODE((target / "vscode").stat().st_mode) == 0o600
+    config = (target / "config").read_text()
+    assert f"IdentityFile {target}/vscode\n" in config
+    assert "connect %h %p --profile vscode --ssh-key vscode\n" in config, "keeps the defaults it relied on"
+    assert "Host cloudx-dev-web\n    HostName i-0123456789abcdef0\n" in config
+    assert (tmp_path / ".ssh" / "config").read_text() == f"Include {target}/config\n\nHost other\n  User x\n"
+
+
+def test_migrate_never_overwrites_without_asking(tmp_path: Path) -> None:
+    legacy = _legacy_home(tmp_path)
+    target = tmp_path / ".ssh" / "cloudX"
+    target.mkdir(mode=0o700)
+    (target / "vscode").write_text("someone else's key\n")
+    res = run(tmp_path, "migrate", stdin="")
+    assert res.returncode == 0, res.stderr
+    assert (target / "vscode").read_text() == "someone else's key\n"
+    assert (legacy / "vscode").exists(), "the source stays when not moved"
+    assert "kept" in res.stderr
+
+
+def test_migrate_without_legacy_dir(tmp_path: Path) -> None:
+    res = run(tmp_path, "migrate")
+    assert res.returncode == 1 and "nothing to migrate" in res.stderr

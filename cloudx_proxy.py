@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # names for annotations only; typing costs start-up time
     import argparse
     import subprocess
     from collections.abc import Callable, Mapping
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 # ---------------------------------------------------------------------------
 # Constants
@@ -66,9 +66,7 @@ INSTANCE_ID_RE = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+=,:-]{0,127}")
 REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}")
 OS_USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
-PUBKEY_RE = re.compile(
-    r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521))\s+([A-Za-z0-9+/]+={0,3})(?:\s.*)?"
-)
+PUBKEY_RE = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521))\s+([A-Za-z0-9+/]+={0,3})(?:\s.*)?")
 AWS_ERROR_RE = re.compile(
     r"An error occurred \(([\w.]+)\) when calling the (\w+) operation"
     r"(?: \(reached max retries: \d+\))?: ?(.*)"
@@ -84,9 +82,7 @@ PERMISSIONS = {
     "GetCallerIdentity": "sts:GetCallerIdentity",
 }
 
-AWS_INSTALL_HINT = (
-    "install AWS CLI v2: https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"
-)
+AWS_INSTALL_HINT = "install AWS CLI v2: https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"
 PLUGIN_INSTALL_HINT = (
     "install the Session Manager plugin: https://docs.aws.amazon.com/systems-manager/latest/"
     "userguide/session-manager-working-with-install-plugin.html"
@@ -293,10 +289,10 @@ def parse_aws_time(text: str) -> float | None:
     m = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)", text or "")
     if not m:
         return None
-    return float(calendar.timegm(tuple(int(g) for g in m.groups()) + (0, 0, 0)))  # type: ignore[arg-type]
+    return float(calendar.timegm(tuple(int(g) for g in m.groups()) + (0, 0, 0)))
 
 
-def sso_token_expired(token: dict[str, object] | None, now: float) -> bool:
+def sso_token_expired(token: dict[str, Any] | None, now: float) -> bool:
     """True when an SSO login must be renewed: the token has expired and cannot be refreshed."""
     if not token:
         return True
@@ -309,7 +305,9 @@ def sso_token_expired(token: dict[str, object] | None, now: float) -> bool:
     return not (token.get("refreshToken") and registration is not None and registration > now)
 
 
-def classify_aws_error(stderr: str, operation: str, profile: str, region: str, instance_id: str | None = None) -> CloudxError:
+def classify_aws_error(
+    stderr: str, operation: str, profile: str, region: str, instance_id: str | None = None
+) -> CloudxError:
     """Turn the aws CLI's error output into one line with a fix."""
     text = stderr.strip()
     match = AWS_ERROR_RE.search(text)
@@ -319,7 +317,9 @@ def classify_aws_error(stderr: str, operation: str, profile: str, region: str, i
     login = f"aws sso login --profile {profile}"
     what = f"instance {instance_id}" if instance_id else "the instance"
     if "could not be found" in text and "profile" in text:
-        return CloudxError(f"AWS profile '{profile}' not found", f"aws configure --profile {profile}", code="ProfileNotFound")
+        return CloudxError(
+            f"AWS profile '{profile}' not found", f"aws configure --profile {profile}", code="ProfileNotFound"
+        )
     if "Unable to locate credentials" in text or "NoCredentialsError" in text:
         return CloudxError(
             f"no AWS credentials for profile '{profile}'", f"aws configure --profile {profile}", code="NoCredentials"
@@ -356,10 +356,14 @@ def classify_aws_error(stderr: str, operation: str, profile: str, region: str, i
         return CloudxError(f"AWS throttled {op} after retries: {detail}", "wait a moment and connect again", code=code)
     if "Could not connect to the endpoint URL" in text or "Connect timeout on endpoint URL" in text:
         return CloudxError(
-            f"cannot reach AWS ({op}) in region {region}", "check the network / proxy settings and the region", code="EndpointConnectionError"
+            f"cannot reach AWS ({op}) in region {region}",
+            "check the network / proxy settings and the region",
+            code="EndpointConnectionError",
         )
     if "Read timeout on endpoint URL" in text:
-        return CloudxError(f"AWS did not answer {op} in time", "check the network and connect again", code="ReadTimeout")
+        return CloudxError(
+            f"AWS did not answer {op} in time", "check the network and connect again", code="ReadTimeout"
+        )
     if code:
         return CloudxError(f"{op} failed: {code}: {detail}", code=code)
     return CloudxError(f"aws {op} failed: {detail}")
@@ -387,27 +391,28 @@ def build_session_argv(aws: str, instance_id: str, port: int, profile: str, regi
     ]  # fmt: skip
 
 
-def parse_instance_state(data: object, instance_id: str) -> str | None:
+def parse_instance_state(data: Any, instance_id: str) -> str | None:
     """EC2 state name of one instance from describe-instances JSON (None if absent)."""
-    for reservation in (data or {}).get("Reservations", []):  # type: ignore[union-attr]
+    for reservation in (data or {}).get("Reservations", []):
         for inst in reservation.get("Instances", []):
             if inst.get("InstanceId") == instance_id:
                 return str(inst.get("State", {}).get("Name"))
     return None
 
 
-def parse_ping_status(data: object, instance_id: str) -> str:
+def parse_ping_status(data: Any, instance_id: str) -> str:
     """SSM PingStatus of one instance from describe-instance-information JSON."""
-    for info in (data or {}).get("InstanceInformationList", []):  # type: ignore[union-attr]
+    for info in (data or {}).get("InstanceInformationList", []):
         if info.get("InstanceId") == instance_id:
             return str(info.get("PingStatus"))
     return "NotRegistered"
 
 
-def parse_previous_state(data: object) -> str | None:
+def parse_previous_state(data: Any) -> str | None:
     """PreviousState of the first instance in a start-instances response."""
-    items = (data or {}).get("StartingInstances") or [{}]  # type: ignore[union-attr]
-    return items[0].get("PreviousState", {}).get("Name")
+    items = (data or {}).get("StartingInstances") or [{}]
+    name = items[0].get("PreviousState", {}).get("Name")
+    return str(name) if name is not None else None
 
 
 def cache_dir(environ: Mapping[str, str], home: str) -> str:
@@ -619,7 +624,7 @@ def merge_config(
             continue
         if existing:
             target = existing[0]
-            trailing = []
+            trailing: list[str] = []
             while target.lines and not target.lines[-1].strip():
                 trailing.insert(0, target.lines.pop())
             target.lines = lines + (trailing or [newline])
@@ -692,7 +697,7 @@ def parse_directive(line: str) -> tuple[str, str, str] | None:
         if ch == '"':
             quoted = not quoted
         elif ch == "#" and not quoted and (i == 0 or rest[i - 1].isspace()):
-            rest, comment = rest[:i], rest[i + 1:].strip()
+            rest, comment = rest[:i], rest[i + 1 :].strip()
             break
     return match.group(1).lower(), rest.strip(), comment
 
@@ -717,14 +722,14 @@ def parse_connect_options(proxy_command: str) -> dict[str, str]:
         words = proxy_command.split()
     found: dict[str, str] = {}
     if "connect" in words:
-        words = words[words.index("connect") + 1:]
+        words = words[words.index("connect") + 1 :]
         for i, word in enumerate(words[:-1]):
             if word in ("--profile", "--ssh-key", "--ssh-dir", "--ssh-config", "--aws-env", "--region", "--user"):
                 found[word[2:]] = words[i + 1]
     return found
 
 
-def parse_cloudx_config(text: str) -> dict[str, object]:
+def parse_cloudx_config(text: str) -> dict[str, Any]:
     """What setup wrote (or a human edited): generic patterns, environments and hosts.
 
     Hosts are Host patterns without wildcards under a known prefix; the
@@ -755,43 +760,58 @@ def parse_cloudx_config(text: str) -> dict[str, object]:
             if kind == "generic" or re.fullmatch(r"cloud[xX]-\*", p):
                 prefixes.add(p[:-2].lower())
     generic: list[str] = []
-    envs: dict[str, dict[str, object]] = {}
-    for kind, patterns, directives, _ in blocks:
+    envs: dict[str, dict[str, Any]] = {}
+    for _kind, patterns, directives, _ in blocks:
         for p in patterns:
             if p.endswith("-*") and p[:-2].lower() in prefixes:
                 generic.append(p)
                 continue
             pre = next((x for x in sorted(prefixes, key=len, reverse=True) if p.lower().startswith(x + "-")), None)
             if pre and p.endswith("-*") and "*" not in p[:-2] and "?" not in p:
-                name = p[len(pre) + 1:-2]
-                envs.setdefault(name.lower(), {"name": name, "pattern": p, "directives": directives,
-                                               "options": parse_connect_options(directives.get("proxycommand", ""))})
+                name = p[len(pre) + 1 : -2]
+                envs.setdefault(
+                    name.lower(),
+                    {
+                        "name": name,
+                        "pattern": p,
+                        "directives": directives,
+                        "options": parse_connect_options(directives.get("proxycommand", "")),
+                    },
+                )
     hosts = []
-    for kind, patterns, directives, comment in blocks:
+    for _kind, patterns, directives, comment in blocks:
         for p in patterns:
             if "*" in p or "?" in p or p.startswith("!"):
                 continue
             pre = next((x for x in sorted(prefixes, key=len, reverse=True) if p.lower().startswith(x + "-")), None)
             if not pre:
                 continue
-            rest = p[len(pre) + 1:]
+            rest = p[len(pre) + 1 :]
             env_key = next((e for e in sorted(envs, key=len, reverse=True) if rest.lower().startswith(e + "-")), None)
             env_name = str(envs[env_key]["name"]) if env_key else rest.split("-", 1)[0]
-            short = rest[len(env_name) + 1:] if rest.lower().startswith(env_name.lower() + "-") else rest
-            hosts.append({"host": p, "name": short or p, "environment": env_name,
-                          "instance_id": directives.get("hostname", ""), "comment": comment})
+            short = rest[len(env_name) + 1 :] if rest.lower().startswith(env_name.lower() + "-") else rest
+            hosts.append(
+                {
+                    "host": p,
+                    "name": short or p,
+                    "environment": env_name,
+                    "instance_id": directives.get("hostname", ""),
+                    "comment": comment,
+                }
+            )
     return {"generic": generic, "environments": envs, "hosts": hosts}
 
 
-def render_host_list(parsed: dict[str, object], environment: str | None, detailed: bool,
-                     status: dict[str, tuple[str, str]] | None = None) -> str:
+def render_host_list(
+    parsed: dict[str, Any], environment: str | None, detailed: bool, status: dict[str, tuple[str, str]] | None = None
+) -> str:
     """The text 'list' prints: hosts grouped by environment, sorted, short name first."""
-    hosts = [h for h in parsed["hosts"] if not environment or h["environment"].lower() == environment.lower()]  # type: ignore[attr-defined]
-    envs: dict[str, dict[str, object]] = parsed["environments"]  # type: ignore[assignment]
+    hosts = [h for h in parsed["hosts"] if not environment or h["environment"].lower() == environment.lower()]
+    envs: dict[str, dict[str, Any]] = parsed["environments"]
     out = ["=== cloudX-proxy Configured Hosts ===", ""]
     if detailed:
         out.append("Generic Patterns:")
-        out += [f"  {p}" for p in parsed["generic"]]  # type: ignore[attr-defined]
+        out += [f"  {p}" for p in parsed["generic"]]
         out += [f"  {e['pattern']}" for e in envs.values()]
         out.append("")
     groups: dict[str, list[dict[str, str]]] = {}
@@ -801,9 +821,9 @@ def render_host_list(parsed: dict[str, object], environment: str | None, detaile
         out.append(f"Environment: {env}")
         if detailed and env.lower() in envs:
             info = envs[env.lower()]
-            opts: dict[str, str] = info["options"]  # type: ignore[assignment]
+            opts: dict[str, str] = info["options"]
             out.append(f"  profile: {opts.get('profile', '(default)')}, key: {opts.get('ssh-key', '(default)')}")
-            out.append(f"  ProxyCommand: {info['directives'].get('proxycommand', '(none)')}")  # type: ignore[attr-defined]
+            out.append(f"  ProxyCommand: {info['directives'].get('proxycommand', '(none)')}")
         for h in sorted(groups[env], key=lambda x: (x["name"].lower(), x["host"])):
             extra = [h["host"], h["instance_id"] or "N/A"] + ([h["comment"]] if h["comment"] else [])
             line = f"  {h['name']} ({', '.join(extra)})"
@@ -852,7 +872,7 @@ def atomic_write(path: str, text: str, mode: int = 0o600) -> None:
         raise
 
 
-def read_json_file(path: str) -> object:
+def read_json_file(path: str) -> Any:
     """Parsed JSON from a file, or None when it is missing or unreadable."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -889,7 +909,7 @@ class FileLock:
             if os.name == "nt":
                 import msvcrt
 
-                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)  
+                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined,unused-ignore]
             else:
                 import fcntl
 
@@ -903,7 +923,7 @@ class FileLock:
             if os.name == "nt":
                 import msvcrt
 
-                msvcrt.locking(self.fd, msvcrt.LK_UNLCK, 1)  
+                msvcrt.locking(self.fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined,unused-ignore]
         finally:
             os.close(self.fd)  # closing releases an flock
 
@@ -935,7 +955,9 @@ def read_text(path: str) -> str:
         raise CloudxError(f"cannot read {path}: {e.strerror}") from None
 
 
-def update_file(path: str, update: Callable[[str], str | None], cache: str, dry_run: bool = False) -> tuple[str, str | None]:
+def update_file(
+    path: str, update: Callable[[str], str | None], cache: str, dry_run: bool = False
+) -> tuple[str, str | None]:
     """Read-modify-write a config file under a lock, after a backup, atomically.
 
     A symlinked file is written through to its target. `update` gets the current
@@ -993,9 +1015,7 @@ def run_cmd(argv: list[str], timeout: float, env: dict[str, str] | None = None) 
     debug("run: " + quote_argv(argv))
     started = time.monotonic()
     try:
-        proc = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=env
-        )
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=env)
     except FileNotFoundError:
         raise CloudxError(f"{argv[0]} not found", AWS_INSTALL_HINT if "aws" in argv[0] else None) from None
     except subprocess.TimeoutExpired:
@@ -1018,7 +1038,7 @@ class Aws:
         """The full argv for an aws call."""
         return [self.path, *args, *aws_base_args(self.profile, self.region)]
 
-    def __call__(self, args: list[str], timeout: float = AWS_CALL_TIMEOUT) -> object:
+    def __call__(self, args: list[str], timeout: float = AWS_CALL_TIMEOUT) -> Any:
         """Run ``aws ARGS`` and return its parsed JSON, or raise a classified CloudxError."""
         proc = run_cmd(self.argv(args), timeout=timeout, env=self.env)
         if proc.returncode != 0:
@@ -1038,14 +1058,14 @@ class Aws:
         debug("run: " + quote_argv([self.path, *args]))
         return subprocess.call([self.path, *args], env=self.env)
 
-    def many(self, calls: dict[str, list[str]]) -> dict[str, object]:
+    def many(self, calls: dict[str, list[str]]) -> dict[str, Any]:
         """Run independent aws calls side by side; each result is its JSON or its CloudxError."""
         if len(calls) == 1:
-            (name, args), = calls.items()
+            ((name, args),) = calls.items()
             return {name: self._capture(args)}
         import threading
 
-        results: dict[str, object] = {}
+        results: dict[str, Any] = {}
 
         def work(name: str, args: list[str]) -> None:
             results[name] = self._capture(args)
@@ -1057,7 +1077,7 @@ class Aws:
             t.join()
         return results
 
-    def _capture(self, args: list[str]) -> object:
+    def _capture(self, args: list[str]) -> Any:
         try:
             return self(args)
         except CloudxError as e:
@@ -1147,25 +1167,25 @@ def read_ini(path: str) -> dict[str, dict[str, str]] | None:
 def plan_connect(args: argparse.Namespace, environ: Mapping[str, str]) -> ConnectPlan:
     """Validate connect's arguments and resolve profile, region, key and AWS files (no AWS call)."""
     a = args
-    instance_id = validate_instance_id(a.instance_id)  
-    port = validate_port(a.port)  
+    instance_id = validate_instance_id(a.instance_id)
+    port = validate_port(a.port)
     home = os.path.expanduser("~")
     d_profile, d_key, d_dir = default_profile_and_key(home)
-    profile = validate_name("profile", a.profile if a.profile is not None else d_profile)  
-    key_name = validate_name("ssh key name", a.ssh_key if a.ssh_key is not None else d_key)  
-    user = validate_os_user(a.user)  
-    timeout = validate_timeout(a.timeout)  
-    if a.region is not None:  
-        validate_region(a.region)  
-    if a.ssh_dir is not None:  
-        ssh_dir = os.path.expanduser(validate_path("--ssh-dir", a.ssh_dir))  
-    elif a.ssh_config is not None:  
-        ssh_dir = os.path.dirname(os.path.expanduser(validate_path("--ssh-config", a.ssh_config)))  
+    profile = validate_name("profile", a.profile if a.profile is not None else d_profile)
+    key_name = validate_name("ssh key name", a.ssh_key if a.ssh_key is not None else d_key)
+    user = validate_os_user(a.user)
+    timeout = validate_timeout(a.timeout)
+    if a.region is not None:
+        validate_region(a.region)
+    if a.ssh_dir is not None:
+        ssh_dir = os.path.expanduser(validate_path("--ssh-dir", a.ssh_dir))
+    elif a.ssh_config is not None:
+        ssh_dir = os.path.dirname(os.path.expanduser(validate_path("--ssh-config", a.ssh_config)))
     else:
         ssh_dir = d_dir
     env = dict(environ)
-    if a.aws_env is not None:  
-        name = validate_name("aws-env", a.aws_env)  
+    if a.aws_env is not None:
+        name = validate_name("aws-env", a.aws_env)
         env_dir = os.path.join(home, ".aws", "aws-envs", name)
         if not os.path.isdir(env_dir):
             raise CloudxError(
@@ -1179,7 +1199,7 @@ def plan_connect(args: argparse.Namespace, environ: Mapping[str, str]) -> Connec
         env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials")
     )
     config = read_ini(config_file) or {}
-    region, source = resolve_region(a.region, env, profile_section(config, profile))  
+    region, source = resolve_region(a.region, env, profile_section(config, profile))
     if not REGION_RE.fullmatch(region):
         where = "the profile's region setting" if source == "profile" else source
         raise CloudxError(f"invalid region {region!r} from {where}", "fix it, or pass --region")
@@ -1258,9 +1278,7 @@ class PushCache:
     """Remembers the last successful key push, to skip it on a repeat connect."""
 
     def __init__(self, plan: ConnectPlan, public_key: str):
-        self.path = os.path.join(
-            plan.cache, f"push-{plan.region}-{plan.instance_id}-{plan.user}-{plan.profile}.json"
-        )
+        self.path = os.path.join(plan.cache, f"push-{plan.region}-{plan.instance_id}-{plan.user}-{plan.profile}.json")
         self.expect = {"key": public_key, "config": plan.config_file, "credentials": plan.credentials_file}
 
     def fresh(self) -> bool:
@@ -1298,7 +1316,9 @@ def hand_over(argv: list[str], env: dict[str, str], push_cache: PushCache) -> in
     return EXIT_ERROR  # not reached
 
 
-def run_session_child(argv: list[str], env: dict[str, str], deadline: float | None, push_cache: PushCache | None) -> int:
+def run_session_child(
+    argv: list[str], env: dict[str, str], deadline: float | None, push_cache: PushCache | None
+) -> int:
     """Run the session as a child with inherited stdin/stdout.
 
     With a deadline, a StartSession refused with TargetNotConnected (the SSM
@@ -1312,7 +1332,7 @@ def run_session_child(argv: list[str], env: dict[str, str], deadline: float | No
     while True:
         proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
 
-        def forward(signum: int, _frame: object) -> None:
+        def forward(signum: int, _frame: object, proc: subprocess.Popen[bytes] = proc) -> None:
             proc.send_signal(signum)
 
         for sig in ("SIGTERM", "SIGHUP"):
@@ -1374,7 +1394,7 @@ def connect_dry_run(plan: ConnectPlan) -> int:
 def cmd_connect(args: argparse.Namespace) -> int:
     """ProxyCommand entry: get the instance running and online, push the key, start the session."""
     plan = plan_connect(args, os.environ)
-    if args.dry_run:  
+    if args.dry_run:
         return connect_dry_run(plan)
     check_profile(plan)
     public_key = read_public_key(plan.pub_path)
@@ -1441,7 +1461,9 @@ def ensure_started(aws: Aws, plan: ConnectPlan, deadline: float, ignore_marker: 
                     raise
                 state = aws_instance_state(aws, iid)
                 if state in ("terminated", "shutting-down"):
-                    raise CloudxError(f"instance {iid} is {state}", "it cannot be started; use another instance") from None
+                    raise CloudxError(
+                        f"instance {iid} is {state}", "it cannot be started; use another instance"
+                    ) from None
                 if state == "stopping":
                     log(f"Instance {iid} is stopping; it will be started once stopped...")
                     wait_for_state(aws, plan, deadline, "stopped")
@@ -1551,7 +1573,8 @@ class Setup:
         self.home = home
         self.profile = validate_name("profile", args.profile)
         self.key = validate_name("ssh key name", args.ssh_key)
-        self.prefix = validate_host_part("--ssh-host-prefix", args.ssh_host_prefix)
+        prefix = args.ssh_host_prefix if args.ssh_host_prefix is not None else default_host_prefix(sys.argv[0])
+        self.prefix = validate_host_part("--ssh-host-prefix", prefix)
         self.hostname = validate_host_part("hostname", args.hostname) if args.hostname is not None else None
         self.environment = validate_host_part("environment", args.environment) if args.environment is not None else None
         self.instance = args.instance
@@ -1562,7 +1585,9 @@ class Setup:
         if args.ssh_dir is not None:
             self.ssh_dir = os.path.abspath(os.path.expanduser(validate_config_path("--ssh-dir", args.ssh_dir)))
         elif args.ssh_config is not None:
-            self.ssh_dir = os.path.dirname(os.path.abspath(os.path.expanduser(validate_config_path("--ssh-config", args.ssh_config))))
+            self.ssh_dir = os.path.dirname(
+                os.path.abspath(os.path.expanduser(validate_config_path("--ssh-config", args.ssh_config)))
+            )
         else:
             self.ssh_dir = os.path.join(home, ".ssh", "cloudX")
         if args.ssh_config is not None:
@@ -1572,8 +1597,9 @@ class Setup:
         self.key_path = os.path.join(self.ssh_dir, self.key)
         self.yes, self.dry_run = bool(args.yes), bool(args.dry_run)
         self.op_vault: str | None = args.op_vault
-        if self.op_vault is not None and (not self.op_vault.strip() or len(self.op_vault) > 100
-                                          or any(c in self.op_vault for c in "\0\r\n/")):
+        if self.op_vault is not None and (
+            not self.op_vault.strip() or len(self.op_vault) > 100 or any(c in self.op_vault for c in "\0\r\n/")
+        ):
             raise usage_error(f"invalid 1Password vault {self.op_vault!r}")
         self.env = dict(environ)
         self.aws_env = validate_name("aws-env", args.aws_env) if args.aws_env is not None else None
@@ -1594,7 +1620,9 @@ class Setup:
             aws_path, looked = find_program("aws", self.env.get("PATH"))
             if not aws_path:
                 raise CloudxError(f"the aws CLI was not found on PATH or in {', '.join(looked[-6:])}", AWS_INSTALL_HINT)
-            config_file = os.path.expanduser(self.env.get("AWS_CONFIG_FILE") or os.path.join(self.home, ".aws", "config"))
+            config_file = os.path.expanduser(
+                self.env.get("AWS_CONFIG_FILE") or os.path.join(self.home, ".aws", "config")
+            )
             section = profile_section(read_ini(config_file) or {}, self.profile)
             region, _ = resolve_region(None, self.env, section)
             self._aws = Aws(aws_path, self.profile, validate_region(region), self.env)
@@ -1613,6 +1641,15 @@ class Setup:
     def step(self, text: str) -> None:
         """A progress heading on stderr."""
         log(text)
+
+
+def default_host_prefix(argv0: str) -> str:
+    """The host prefix the command name implies, as in the reference.
+
+    cloudx-proxy gives 'cloudx', cloudX-proxy (and the zipapp, the module) 'cloudX';
+    the stem is compared so that cloudX-proxy.exe on Windows counts.
+    """
+    return "cloudx" if os.path.splitext(os.path.basename(argv0))[0] == "cloudx-proxy" else "cloudX"
 
 
 def program_argv() -> list[str]:
@@ -1634,8 +1671,12 @@ def _is_zip(path: str) -> bool:
 def setup_prerequisites(s: Setup) -> None:
     """Report the tools setup and connect use; missing ones warn, setup goes on."""
     s.step("Checking prerequisites...")
-    tools = [("aws", AWS_INSTALL_HINT), ("session-manager-plugin", PLUGIN_INSTALL_HINT),
-             ("ssh", "install the OpenSSH client"), ("ssh-keygen", "install the OpenSSH client")]
+    tools = [
+        ("aws", AWS_INSTALL_HINT),
+        ("session-manager-plugin", PLUGIN_INSTALL_HINT),
+        ("ssh", "install the OpenSSH client"),
+        ("ssh-keygen", "install the OpenSSH client"),
+    ]
     if s.op_vault is not None:
         tools.append(("op", OP_INSTALL_HINT))
     for name, hint in tools:
@@ -1670,12 +1711,14 @@ def setup_profile(s: Setup) -> tuple[str | None, str]:
         s._aws = None
         aws = s.aws()
         identity = aws(["sts", "get-caller-identity"])
-    arn = str((identity or {}).get("Arn", ""))  # type: ignore[union-attr]
+    arn = str((identity or {}).get("Arn", ""))
     env, user = env_from_identity(arn)
     if env:
         log(f"  IAM user {user}: environment '{env}'")
     else:
-        log(f"  {arn or 'caller'} is not an IAM user named cloudX-{{env}}-{{user}} (SSO or role): environment from --environment")
+        log(
+            f"  {arn or 'caller'} is not an IAM user named cloudX-{{env}}-{{user}} (SSO or role): environment from --environment"
+        )
     return env, user
 
 
@@ -1687,7 +1730,7 @@ def describe_setup_instance(s: Setup, value: str) -> tuple[str, dict[str, str]]:
     else:
         data = aws(["ec2", "describe-instances", "--filters", json.dumps([{"Name": "tag:Name", "Values": [value]}])])
     found = []
-    for reservation in (data or {}).get("Reservations", []):  # type: ignore[union-attr]
+    for reservation in (data or {}).get("Reservations", []):
         for inst in reservation.get("Instances", []):
             if inst.get("State", {}).get("Name") == "terminated":
                 continue
@@ -1711,13 +1754,18 @@ def setup_key(s: Setup) -> None:
     keygen, _ = find_program("ssh-keygen", s.env.get("PATH"))
     if not os.path.exists(priv):
         if os.path.exists(pub):
-            raise CloudxError(f"{pub} exists but its private key {priv} does not", "restore the private key, or choose another --ssh-key")
+            raise CloudxError(
+                f"{pub} exists but its private key {priv} does not",
+                "restore the private key, or choose another --ssh-key",
+            )
         if s.dry_run:
             log(f"  [dry run] would create an ed25519 key pair {priv}")
             return
         if not keygen:
             raise CloudxError("ssh-keygen not found", "install the OpenSSH client")
-        proc = run_cmd([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"cloudX-proxy {s.key}", "-f", priv], timeout=60, env=s.env)
+        proc = run_cmd(
+            [keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"cloudX-proxy {s.key}", "-f", priv], timeout=60, env=s.env
+        )
         if proc.returncode != 0:
             raise CloudxError(f"ssh-keygen failed: {proc.stderr.strip()}")
         os.chmod(priv, 0o600)
@@ -1749,7 +1797,9 @@ def run_op(op: str, args: list[str], env: dict[str, str]) -> str:
     if proc.returncode != 0:
         detail = " ".join(proc.stderr.split()) or f"exit {proc.returncode}"
         if "not signed in" in detail or "sign in" in detail:
-            raise CloudxError(f"the 1Password CLI is not signed in ({detail})", "run: eval $(op signin)   then setup again")
+            raise CloudxError(
+                f"the 1Password CLI is not signed in ({detail})", "run: eval $(op signin)   then setup again"
+            )
         raise CloudxError(f"op {' '.join(args[:2])} failed: {detail}")
     return proc.stdout
 
@@ -1787,9 +1837,27 @@ def setup_op_key(s: Setup) -> str:
         return op_agent_socket(s.home)[0]
     else:
         if vault != "Private":
-            log(f"  warning: only the Private vault is enabled for the SSH agent by default; enable {vault} in 1Password's SSH agent settings")
-        created = run_op(op, ["item", "create", "--category", "SSH Key", "--title", title, "--vault", vault,
-                              "--ssh-generate-key", "ed25519", "--format", "json"], s.env)
+            log(
+                f"  warning: only the Private vault is enabled for the SSH agent by default; enable {vault} in 1Password's SSH agent settings"
+            )
+        created = run_op(
+            op,
+            [
+                "item",
+                "create",
+                "--category",
+                "SSH Key",
+                "--title",
+                title,
+                "--vault",
+                vault,
+                "--ssh-generate-key",
+                "ed25519",
+                "--format",
+                "json",
+            ],
+            s.env,
+        )
         try:
             item = json.loads(created)
         except ValueError:
@@ -1805,7 +1873,9 @@ def setup_op_key(s: Setup) -> str:
         log(f"  exported the public key to {pub} (the private key stays in 1Password)")
     agent, exists = op_agent_socket(s.home)
     if not exists:
-        log(f"  warning: the 1Password SSH agent is not running ({agent or OP_AGENT_PIPE} not found): enable it in 1Password's settings")
+        log(
+            f"  warning: the 1Password SSH agent is not running ({agent or OP_AGENT_PIPE} not found): enable it in 1Password's settings"
+        )
     return agent
 
 
@@ -1834,7 +1904,11 @@ def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str
                 print(f"    {line}", file=sys.stderr)
             if s.yes or s.dry_run:
                 log(f"  keeping the existing environment block Host {env_pattern} (shown above; --yes keeps it)")
-            elif s.ask(f"The environment block Host {env_pattern} differs. [k]eep or [r]eplace?", "k").lower().startswith("r"):
+            elif (
+                s.ask(f"The environment block Host {env_pattern} differs. [k]eep or [r]eplace?", "k")
+                .lower()
+                .startswith("r")
+            ):
                 replace.add(env_pattern)
         new, notes = merge_config(old, blocks, replace, s.when)
         for note in notes:
@@ -1988,14 +2062,14 @@ def aws_for_options(opts: Mapping[str, str], environ: Mapping[str, str]) -> Aws:
     return Aws(aws_path, profile, validate_region(region), env)
 
 
-def fetch_status(parsed: dict[str, object], environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+def fetch_status(parsed: dict[str, Any], environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
     """EC2 state and SSM PingStatus of every host: one call of each kind per profile, side by side."""
-    envs: dict[str, dict[str, object]] = parsed["environments"]  # type: ignore[assignment]
+    envs: dict[str, dict[str, Any]] = parsed["environments"]
     groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
-    for h in parsed["hosts"]:  # type: ignore[attr-defined]
+    for h in parsed["hosts"]:
         if not INSTANCE_ID_RE.fullmatch(h["instance_id"]):
             continue
-        opts: dict[str, str] = envs.get(h["environment"].lower(), {}).get("options", {})  # type: ignore[assignment]
+        opts: dict[str, str] = envs.get(h["environment"].lower(), {}).get("options", {})
         key = tuple(sorted((k, v) for k, v in opts.items() if k in ("profile", "region", "aws-env")))
         groups.setdefault(key, []).append(h["instance_id"])
     status: dict[str, tuple[str, str]] = {}
@@ -2006,53 +2080,81 @@ def fetch_status(parsed: dict[str, object], environ: Mapping[str, str]) -> dict[
         except CloudxError as e:
             status.update({i: (f"error: {e.message}", "unknown") for i in ids})
             continue
-        res = aws.many({
-            "ec2": ["ec2", "describe-instances", "--filters", json.dumps([{"Name": "instance-id", "Values": ids}])],
-            "ssm": ["ssm", "describe-instance-information", "--filters", json.dumps([{"Key": "InstanceIds", "Values": ids}])],
-        })
+        res = aws.many(
+            {
+                "ec2": ["ec2", "describe-instances", "--filters", json.dumps([{"Name": "instance-id", "Values": ids}])],
+                "ssm": [
+                    "ssm",
+                    "describe-instance-information",
+                    "--filters",
+                    json.dumps([{"Key": "InstanceIds", "Values": ids}]),
+                ],
+            }
+        )
         for iid in ids:
             ec2, ssm = res["ec2"], res["ssm"]
-            state = f"error: {ec2.message}" if isinstance(ec2, CloudxError) else (parse_instance_state(ec2, iid) or "not found")
+            state = (
+                f"error: {ec2.message}"
+                if isinstance(ec2, CloudxError)
+                else (parse_instance_state(ec2, iid) or "not found")
+            )
             ping = f"error: {ssm.message}" if isinstance(ssm, CloudxError) else parse_ping_status(ssm, iid)
             status[iid] = (state, ping)
     return status
 
 
-def list_json(path: str, parsed: dict[str, object], environment: str | None,
-              status: dict[str, tuple[str, str]] | None) -> dict[str, object]:
+def list_json(
+    path: str, parsed: dict[str, Any], environment: str | None, status: dict[str, tuple[str, str]] | None
+) -> dict[str, Any]:
     """The machine-readable form of list."""
-    envs: dict[str, dict[str, object]] = parsed["environments"]  # type: ignore[assignment]
-    out_envs: dict[str, dict[str, object]] = {}
-    for h in parsed["hosts"]:  # type: ignore[attr-defined]
+    envs: dict[str, dict[str, Any]] = parsed["environments"]
+    out_envs: dict[str, dict[str, Any]] = {}
+    for h in parsed["hosts"]:
         if environment and h["environment"].lower() != environment.lower():
             continue
         info = envs.get(h["environment"].lower(), {})
-        opts: dict[str, str] = info.get("options", {})  # type: ignore[assignment]
-        entry = out_envs.setdefault(h["environment"], {
-            "name": h["environment"], "pattern": info.get("pattern"),
-            "profile": opts.get("profile"), "ssh_key": opts.get("ssh-key"), "ssh_dir": opts.get("ssh-dir"),
-            "aws_env": opts.get("aws-env"),
-            "proxy_command": info.get("directives", {}).get("proxycommand"),  # type: ignore[attr-defined]
-            "hosts": [],
-        })
+        opts: dict[str, str] = info.get("options", {})
+        entry = out_envs.setdefault(
+            h["environment"],
+            {
+                "name": h["environment"],
+                "pattern": info.get("pattern"),
+                "profile": opts.get("profile"),
+                "ssh_key": opts.get("ssh-key"),
+                "ssh_dir": opts.get("ssh-dir"),
+                "aws_env": opts.get("aws-env"),
+                "proxy_command": info.get("directives", {}).get("proxycommand"),
+                "hosts": [],
+            },
+        )
         host = dict(h)
         if status is not None:
             host["state"], host["ping_status"] = status.get(h["instance_id"], ("unknown", "unknown"))
-        entry["hosts"].append(host)  # type: ignore[attr-defined]
+        entry["hosts"].append(host)
     for e in out_envs.values():
-        e["hosts"].sort(key=lambda x: (x["name"].lower(), x["host"]))  # type: ignore[attr-defined]
-    return {"config": path, "generic": parsed["generic"],
-            "environments": [out_envs[k] for k in sorted(out_envs, key=str.lower)]}
+        e["hosts"].sort(key=lambda x: (x["name"].lower(), x["host"]))
+    return {
+        "config": path,
+        "generic": parsed["generic"],
+        "environments": [out_envs[k] for k in sorted(out_envs, key=str.lower)],
+    }
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print the configured hosts, grouped by environment (stdout)."""
     home = os.path.expanduser("~")
-    path = os.path.expanduser(validate_path("--ssh-config", args.ssh_config)) if args.ssh_config else default_ssh_config(home)
+    path = (
+        os.path.expanduser(validate_path("--ssh-config", args.ssh_config))
+        if args.ssh_config
+        else default_ssh_config(home)
+    )
     environment = validate_host_part("environment", args.environment) if args.environment else None
     if args.dry_run:
-        log(f"[dry run] would read {path}" + (f", environment {environment}" if environment else "")
-            + (" and query AWS for each host's state" if args.status else ""))
+        log(
+            f"[dry run] would read {path}"
+            + (f", environment {environment}" if environment else "")
+            + (" and query AWS for each host's state" if args.status else "")
+        )
         return EXIT_OK
     if not os.path.isfile(path):
         raise CloudxError(f"no SSH config at {path}", f"run '{PROG} setup' to create one, or pass --ssh-config")
@@ -2129,24 +2231,28 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     home = os.path.expanduser("~")
     findings: list[tuple[str, str, str, str]] = []
     add = findings.append
-    config_path = os.path.expanduser(validate_path("--ssh-config", args.ssh_config)) if args.ssh_config else default_ssh_config(home)
+    config_path = (
+        os.path.expanduser(validate_path("--ssh-config", args.ssh_config))
+        if args.ssh_config
+        else default_ssh_config(home)
+    )
     parsed = parse_cloudx_config(read_text(config_path)) if os.path.isfile(config_path) else None
-    envs: dict[str, dict[str, object]] = parsed["environments"] if parsed else {}  # type: ignore[assignment]
+    envs: dict[str, dict[str, Any]] = parsed["environments"] if parsed else {}
     target, instance_id, opts = args.target, None, {}
     host_entry = None
     if target:
         if target.startswith("i-"):
             instance_id = validate_instance_id(target)
         hosts = parsed["hosts"] if parsed else []
-        host_entry = next((h for h in hosts if h["host"].lower() == target.lower() or h["instance_id"] == target), None)  # type: ignore[attr-defined]
+        host_entry = next((h for h in hosts if h["host"].lower() == target.lower() or h["instance_id"] == target), None)
         if host_entry is not None:
             instance_id = host_entry["instance_id"] or instance_id
             opts = envs.get(host_entry["environment"].lower(), {}).get("options", {})
         elif not instance_id:
             validate_host_part("host", target)
     elif len(envs) == 1:
-        opts = next(iter(envs.values())).get("options", {})  # type: ignore[assignment]
-    opts = dict(opts)  # type: ignore[arg-type]
+        opts = next(iter(envs.values())).get("options", {})
+    opts = dict(opts)
     for name in ("profile", "ssh_key", "ssh_dir", "aws_env"):
         if getattr(args, name) is not None:
             opts[name.replace("_", "-")] = getattr(args, name)
@@ -2166,13 +2272,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         add((FAIL, "aws", "not found on PATH or in the standard places", AWS_INSTALL_HINT))
     plugin, _ = find_program("session-manager-plugin", os.environ.get("PATH"))
-    add((OK, "session-manager-plugin", f"{_tool_version(plugin, ['--version'])} at {plugin}", "") if plugin
-        else (FAIL, "session-manager-plugin", "not found", PLUGIN_INSTALL_HINT))
+    add(
+        (OK, "session-manager-plugin", f"{_tool_version(plugin, ['--version'])} at {plugin}", "")
+        if plugin
+        else (FAIL, "session-manager-plugin", "not found", PLUGIN_INSTALL_HINT)
+    )
     ssh, _ = find_program("ssh", os.environ.get("PATH"))
     if ssh:
-        mux = run_cmd([ssh, "-G", "-o", "ControlMaster=auto", "-o", "ControlPath=none", "doctor.invalid"], timeout=30).returncode == 0
-        add((OK if mux else WARN, "ssh", f"{ssh}" + ("" if mux else " (no ControlMaster support)"),
-             "comment out the Control* lines of the generic block"))
+        mux = (
+            run_cmd(
+                [ssh, "-G", "-o", "ControlMaster=auto", "-o", "ControlPath=none", "doctor.invalid"], timeout=30
+            ).returncode
+            == 0
+        )
+        add(
+            (
+                OK if mux else WARN,
+                "ssh",
+                f"{ssh}" + ("" if mux else " (no ControlMaster support)"),
+                "comment out the Control* lines of the generic block",
+            )
+        )
     else:
         add((FAIL, "ssh", "not found", "install the OpenSSH client"))
     keygen, _ = find_program("ssh-keygen", os.environ.get("PATH"))
@@ -2182,11 +2302,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if opts.get("aws-env"):
         env_dir = os.path.join(home, ".aws", "aws-envs", validate_name("aws-env", opts["aws-env"]))
-        env["AWS_CONFIG_FILE"], env["AWS_SHARED_CREDENTIALS_FILE"] = (os.path.join(env_dir, "config"), os.path.join(env_dir, "credentials"))
+        env["AWS_CONFIG_FILE"], env["AWS_SHARED_CREDENTIALS_FILE"] = (
+            os.path.join(env_dir, "config"),
+            os.path.join(env_dir, "credentials"),
+        )
     aws = None
     try:
-        ns = argparse.Namespace(instance_id=instance_id or "i-00000000", port="22", profile=profile, ssh_key=key, user=DEFAULT_USER,
-                                timeout=DEFAULT_TIMEOUT, region=None, ssh_dir=ssh_dir, ssh_config=None, aws_env=opts.get("aws-env"))
+        ns = argparse.Namespace(
+            instance_id=instance_id or "i-00000000",
+            port="22",
+            profile=profile,
+            ssh_key=key,
+            user=DEFAULT_USER,
+            timeout=DEFAULT_TIMEOUT,
+            region=None,
+            ssh_dir=ssh_dir,
+            ssh_config=None,
+            aws_env=opts.get("aws-env"),
+        )
         plan = plan_connect(ns, os.environ)
         check_profile(plan)
         add((OK, "profile", f"'{profile}' in {plan.config_file}, region {plan.region} (from {plan.region_source})", ""))
@@ -2196,10 +2329,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         add((FAIL, "profile", e.message, e.hint or ""))
 
     # Key files
-    agent_cfg = envs.get(host_entry["environment"].lower(), {}).get("directives", {}).get("identityagent") if host_entry else None  # type: ignore[union-attr]
+    agent_cfg = (
+        envs.get(host_entry["environment"].lower(), {}).get("directives", {}).get("identityagent")
+        if host_entry
+        else None
+    )
     priv, pub = os.path.join(ssh_dir, key), os.path.join(ssh_dir, key + ".pub")
     if os.name != "nt" and os.path.isdir(ssh_dir) and os.stat(ssh_dir).st_mode & 0o077:
-        add((WARN, "ssh dir", f"{ssh_dir} is accessible by others ({os.stat(ssh_dir).st_mode & 0o777:o})", f"chmod 700 {ssh_dir}"))
+        add(
+            (
+                WARN,
+                "ssh dir",
+                f"{ssh_dir} is accessible by others ({os.stat(ssh_dir).st_mode & 0o777:o})",
+                f"chmod 700 {ssh_dir}",
+            )
+        )
     if not os.path.exists(pub):
         add((FAIL, "key", f"{pub} not found", f"run '{PROG} setup'"))
     elif agent_cfg:
@@ -2208,7 +2352,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         add((FAIL, "key", f"{priv} not found (only the public key exists)", f"run '{PROG} setup'"))
     else:
         loose = os.name != "nt" and os.stat(priv).st_mode & 0o077
-        derived = run_cmd([keygen, "-y", "-P", "", "-f", priv], timeout=30).stdout.strip() if keygen and not loose else ""
+        derived = (
+            run_cmd([keygen, "-y", "-P", "", "-f", priv], timeout=30).stdout.strip() if keygen and not loose else ""
+        )
         matches = None
         if derived:
             try:
@@ -2226,36 +2372,59 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if parsed is None:
         add((FAIL, "ssh config", f"{config_path} not found", f"run '{PROG} setup'"))
     else:
-        add((OK, "ssh config", f"{config_path}: {len(parsed['hosts'])} hosts in {len(envs)} environments", ""))  # type: ignore[arg-type]
+        add((OK, "ssh config", f"{config_path}: {len(parsed['hosts'])} hosts in {len(envs)} environments", ""))
         main_config = os.path.join(home, ".ssh", "config")
         if os.path.realpath(main_config) != os.path.realpath(config_path):
             where = include_position(read_text(main_config), config_path)
-            add({"before": (OK, "include", f"{main_config} includes it before its first Host block", ""),
-                 "inside": (FAIL, "include", f"the Include in {main_config} sits inside a Host/Match block", f"move 'Include {config_path}' above the first Host line"),
-                 "missing": (FAIL, "include", f"{main_config} does not include {config_path}", f"run '{PROG} setup' (or add 'Include {config_path}' at its top)")}[where])
-        for e in envs.values():
-            proxy = str(e["directives"].get("proxycommand", ""))  # type: ignore[attr-defined]
+            add(
+                {
+                    "before": (OK, "include", f"{main_config} includes it before its first Host block", ""),
+                    "inside": (
+                        FAIL,
+                        "include",
+                        f"the Include in {main_config} sits inside a Host/Match block",
+                        f"move 'Include {config_path}' above the first Host line",
+                    ),
+                    "missing": (
+                        FAIL,
+                        "include",
+                        f"{main_config} does not include {config_path}",
+                        f"run '{PROG} setup' (or add 'Include {config_path}' at its top)",
+                    ),
+                }[where]
+            )
+        for info in envs.values():
+            proxy = str(info["directives"].get("proxycommand", ""))
             missing = proxy_program_missing(proxy) if proxy else "(no ProxyCommand)"
-            add((FAIL, "proxy command", f"{e['pattern']}: {missing} does not exist", f"run '{PROG} setup' again") if missing
-                else (OK, "proxy command", f"{e['pattern']} runs an existing program", ""))
+            add(
+                (FAIL, "proxy command", f"{info['pattern']}: {missing} does not exist", f"run '{PROG} setup' again")
+                if missing
+                else (OK, "proxy command", f"{info['pattern']} runs an existing program", "")
+            )
     control = os.path.join(home, ".ssh", "control")
     if os.name != "nt":
-        add((OK, "control dir", control, "") if os.path.isdir(control)
-            else (WARN, "control dir", f"{control} missing (ssh cannot share connections)", f"mkdir -m 700 {control}"))
+        add(
+            (OK, "control dir", control, "")
+            if os.path.isdir(control)
+            else (WARN, "control dir", f"{control} missing (ssh cannot share connections)", f"mkdir -m 700 {control}")
+        )
 
     # AWS: credentials and the instance, side by side
     if aws is not None:
         calls = {"sts": ["sts", "get-caller-identity"]}
         if instance_id:
-            calls.update(ec2=aws_describe_args(instance_id), ssm=aws_ssm_status_args(instance_id),
-                         start=["ec2", "start-instances", "--instance-ids", instance_id, "--dry-run"])
+            calls.update(
+                ec2=aws_describe_args(instance_id),
+                ssm=aws_ssm_status_args(instance_id),
+                start=["ec2", "start-instances", "--instance-ids", instance_id, "--dry-run"],
+            )
         res = aws.many(calls)
         sts = res["sts"]
         user = ""
         if isinstance(sts, CloudxError):
             add((FAIL, "credentials", sts.message, sts.hint or ""))
         else:
-            arn = str(sts.get("Arn", ""))  # type: ignore[union-attr]
+            arn = str(sts.get("Arn", ""))
             user = env_from_identity(arn)[1]
             add((OK, "credentials", arn, ""))
         if instance_id:
@@ -2269,24 +2438,53 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_ERROR if any(f[0] == FAIL for f in findings) else EXIT_OK
 
 
-def doctor_instance(add: Callable[[tuple[str, str, str, str]], None], res: dict[str, object], iid: str, region: str, user: str) -> None:
+def doctor_instance(
+    add: Callable[[tuple[str, str, str, str]], None], res: dict[str, Any], iid: str, region: str, user: str
+) -> None:
     """Findings about one instance from describe-instances, SSM and a StartInstances dry run."""
     ec2, ssm, start = res["ec2"], res["ssm"], res["start"]
     state = None
     if isinstance(ec2, CloudxError):
         add((FAIL, "instance", ec2.message, ec2.hint or ""))
     else:
-        inst = next((i for r in (ec2 or {}).get("Reservations", []) for i in r.get("Instances", [])), {})  # type: ignore[union-attr]
+        inst: dict[str, Any] = next(
+            (i for r in (ec2 or {}).get("Reservations", []) for i in r.get("Instances", [])), {}
+        )
         state = inst.get("State", {}).get("Name", "unknown")
         tags = {t.get("Key"): t.get("Value") for t in inst.get("Tags", [])}
-        add({"running": (OK, "instance", f"{iid} running in {region}", ""),
-             "stopped": (WARN, "instance", f"{iid} is stopped", "connect starts it (allow about a minute)")}.get(
-            state, (FAIL if state in ("terminated", "shutting-down") else WARN, "instance", f"{iid} is {state}", "use a running instance")))
+        add(
+            {
+                "running": (OK, "instance", f"{iid} running in {region}", ""),
+                "stopped": (WARN, "instance", f"{iid} is stopped", "connect starts it (allow about a minute)"),
+            }.get(
+                state,
+                (
+                    FAIL if state in ("terminated", "shutting-down") else WARN,
+                    "instance",
+                    f"{iid} is {state}",
+                    "use a running instance",
+                ),
+            )
+        )
         owner = tags.get("cloudxuser")
         if owner is None:
-            add((WARN, "cloudxuser tag", f"{iid} has no cloudxuser tag (ABAC access may be refused)", "tag the instance cloudxuser=<your IAM user>"))
+            add(
+                (
+                    WARN,
+                    "cloudxuser tag",
+                    f"{iid} has no cloudxuser tag (ABAC access may be refused)",
+                    "tag the instance cloudxuser=<your IAM user>",
+                )
+            )
         elif user and owner.lower() != user.lower():
-            add((FAIL, "cloudxuser tag", f"the instance belongs to {owner}, you are {user}", "use your own instance or your own credentials"))
+            add(
+                (
+                    FAIL,
+                    "cloudxuser tag",
+                    f"the instance belongs to {owner}, you are {user}",
+                    "use your own instance or your own credentials",
+                )
+            )
         else:
             add((OK, "cloudxuser tag", str(owner), ""))
     if isinstance(ssm, CloudxError):
@@ -2297,7 +2495,9 @@ def doctor_instance(add: Callable[[tuple[str, str, str, str]], None], res: dict[
         add((level, "ssm", f"PingStatus {ping}", SSM_AGENT_HINT))
     if isinstance(start, CloudxError) and start.code == "DryRunOperation":
         add((OK, "start permission", "ec2:StartInstances allowed (dry run)", ""))
-    elif isinstance(start, CloudxError) and start.code and ("Unauthorized" in start.code or "AccessDenied" in start.code):
+    elif (
+        isinstance(start, CloudxError) and start.code and ("Unauthorized" in start.code or "AccessDenied" in start.code)
+    ):
         add((FAIL, "start permission", start.message, start.hint or ""))
     elif isinstance(start, CloudxError):
         add((WARN, "start permission", f"dry run inconclusive: {start.message}", ""))
@@ -2314,9 +2514,9 @@ def canonical_config(text: str, when: str) -> tuple[str, list[str]]:
     """
     newline = "\r\n" if "\r\n" in text else "\n"
     parsed = parse_cloudx_config(text)
-    envs: dict[str, dict[str, object]] = parsed["environments"]  # type: ignore[assignment]
-    env_of = {h["host"].lower(): h["environment"] for h in parsed["hosts"]}  # type: ignore[attr-defined]
-    generic_patterns = {p.lower() for p in parsed["generic"]}  # type: ignore[attr-defined]
+    envs: dict[str, dict[str, Any]] = parsed["environments"]
+    env_of = {h["host"].lower(): h["environment"] for h in parsed["hosts"]}
+    generic_patterns = {p.lower() for p in parsed["generic"]}
     env_patterns = {str(e["pattern"]).lower(): name for name, e in envs.items()}
     blocks = split_config(text)
     preamble, foreign = blocks[0], []
@@ -2326,8 +2526,15 @@ def canonical_config(text: str, when: str) -> tuple[str, list[str]]:
     for block in blocks[1:]:
         words = split_patterns(block.patterns.split("#")[0]) if block.keyword == "host" else []
         pattern = words[0].lower() if len(words) == 1 else ""
-        kind = ("generic" if pattern in generic_patterns else "environment" if pattern in env_patterns
-                else "host" if pattern in env_of else "")
+        kind = (
+            "generic"
+            if pattern in generic_patterns
+            else "environment"
+            if pattern in env_patterns
+            else "host"
+            if pattern in env_of
+            else ""
+        )
         if not kind:
             foreign.append(block)
             continue
@@ -2367,7 +2574,11 @@ def canonical_config(text: str, when: str) -> tuple[str, list[str]]:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Rewrite the SSH config in canonical order without duplicates (backup first; --dry-run shows the diff)."""
     home = os.path.expanduser("~")
-    path = os.path.expanduser(validate_path("--ssh-config", args.ssh_config)) if args.ssh_config else default_ssh_config(home)
+    path = (
+        os.path.expanduser(validate_path("--ssh-config", args.ssh_config))
+        if args.ssh_config
+        else default_ssh_config(home)
+    )
     if not os.path.isfile(path):
         raise CloudxError(f"no SSH config at {path}", f"run '{PROG} setup' first, or pass --ssh-config")
     notes: list[str] = []
@@ -2377,7 +2588,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         notes.extend(dropped)
         # Only the banners' dates changed: nothing to clean.
         same = [ln for ln in new.splitlines() if not ln.startswith("# Created by")] == [
-            ln for ln in old.lstrip("\ufeff").splitlines() if not ln.startswith("# Created by")]
+            ln for ln in old.lstrip("\ufeff").splitlines() if not ln.startswith("# Created by")
+        ]
         return old if same else new
 
     old, new = update_file(path, update, cache_dir(os.environ, home), args.dry_run)
@@ -2403,8 +2615,8 @@ def _print_diff(path: str, old: str, new: str) -> None:
 def migrate_config_text(text: str, source: str, target: str) -> str:
     """Point a legacy config at the new directory; keep the vscode profile/key it relied on by default."""
     home = os.path.expanduser("~")
-    tilde_source = "~" + source[len(home):] if source.startswith(home + os.sep) else None
-    tilde_target = "~" + target[len(home):] if target.startswith(home + os.sep) else target
+    tilde_source = "~" + source[len(home) :] if source.startswith(home + os.sep) else None
+    tilde_target = "~" + target[len(home) :] if target.startswith(home + os.sep) else target
     out = []
     for line in text.splitlines(keepends=True):
         parsed = parse_directive(line)
@@ -2417,7 +2629,7 @@ def migrate_config_text(text: str, source: str, target: str) -> str:
                 extra = "".join(f" --{k} vscode" for k in ("profile", "ssh-key") if k not in opts)
                 if extra:
                     stripped = line.rstrip("\r\n")
-                    line = stripped + extra + line[len(stripped):]
+                    line = stripped + extra + line[len(stripped) :]
         out.append(line)
     return "".join(out)
 
@@ -2428,8 +2640,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     home = os.path.expanduser("~")
     source = os.path.join(home, ".ssh", "vscode")
-    target = os.path.abspath(os.path.expanduser(validate_config_path("--target-dir", args.target_dir))) if args.target_dir \
+    target = (
+        os.path.abspath(os.path.expanduser(validate_config_path("--target-dir", args.target_dir)))
+        if args.target_dir
         else os.path.join(home, ".ssh", "cloudX")
+    )
     if not os.path.isdir(source):
         raise CloudxError(f"nothing to migrate: {source} does not exist")
     if os.path.realpath(source) == os.path.realpath(target):
@@ -2468,6 +2683,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         log(f"moved {src} -> {dst}")
     main_config = os.path.join(home, ".ssh", "config")
     if os.path.exists(main_config):
+
         def update(old: str) -> str:
             return migrate_config_text(old, os.path.join(source, "config"), os.path.join(target, "config"))
 
@@ -2542,8 +2758,10 @@ def build_parser() -> argparse.ArgumentParser:
             """One line on stderr and exit 2, instead of argparse's usage block."""
             raise usage_error(f"{message}", f"see: {self.prog} --help")
 
-    verbose = argparse.ArgumentParser(add_help=False)
-    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug lines on stderr")
+    verbose = Parser(add_help=False)
+    verbose.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug lines on stderr"
+    )
     parser = Parser(
         prog=PROG,
         description="SSH to EC2 instances through AWS Systems Manager (stdlib-only cloudX client).",
@@ -2586,13 +2804,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-dir", help="directory for the key and config (default: ~/.ssh/cloudX)")
     p.add_argument("--aws-env", help="use ~/.aws/aws-envs/AWS_ENV/{config,credentials}")
     p.add_argument(
-        "--1password", dest="op_vault", nargs="?", const="Private", default=None, metavar="VAULT",
+        "--1password",
+        dest="op_vault",
+        nargs="?",
+        const="Private",
+        default=None,
+        metavar="VAULT",
         help="keep the key in 1Password and use its SSH agent (vault default: Private)",
     )
     p.add_argument("--instance", help="instance id, or the value of its Name tag")
     p.add_argument("--hostname", help="host name in the SSH config (default: the Name tag)")
     p.add_argument("--environment", help="cloudX environment (default: from the instance tags or the IAM user)")
-    p.add_argument("--ssh-host-prefix", default="cloudX", help="prefix of the SSH host names (default: cloudX)")
+    p.add_argument(
+        "--ssh-host-prefix", help="prefix of the SSH host names (default: cloudX; cloudx when run as cloudx-proxy)"
+    )
     p.add_argument("--yes", action="store_true", help="non-interactive: take the defaults, never prompt")
     p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
     p.set_defaults(func=cmd_setup)
@@ -2606,7 +2831,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ssh-config", help="SSH config to read (default: ~/.ssh/cloudX/config, else ~/.ssh/vscode/config)")
     p.add_argument("--environment", help="only this environment (case-insensitive)")
-    p.add_argument("--detailed", action="store_true", help="also the patterns and each environment's profile, key, ProxyCommand")
+    p.add_argument(
+        "--detailed", action="store_true", help="also the patterns and each environment's profile, key, ProxyCommand"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--status", action="store_true", help="add each instance's EC2 state and SSM PingStatus (asks AWS)")
     p.add_argument("--dry-run", action="store_true", help="say what would be read; read nothing")
@@ -2619,7 +2846,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  cloudx-proxy doctor\n  cloudx-proxy doctor cloudX-dev-web\n  cloudx-proxy doctor i-0123456789abcdef0 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("target", metavar="HOST_OR_INSTANCE", nargs="?", help="a host from the SSH config, or an instance id")
+    p.add_argument(
+        "target", metavar="HOST_OR_INSTANCE", nargs="?", help="a host from the SSH config, or an instance id"
+    )
     p.add_argument("--ssh-config", help="SSH config (default: ~/.ssh/cloudX/config)")
     p.add_argument("--profile", help="AWS profile (default: from the host's ProxyCommand, else as connect)")
     p.add_argument("--ssh-key", help="SSH key name (default: from the host's ProxyCommand, else as connect)")

@@ -1978,7 +1978,11 @@ def check_instance(s: Setup, host: str) -> int:
         log("  connected; the instance's setup is still running (~/.install-running)")
         if s.yes or time.monotonic() > deadline:
             return EXIT_OK
-        if not s.ask("Wait for it to finish? [y/n]", "y").lower().startswith("y"):
+        try:
+            wait = s.ask("Wait for it to finish? [y/n]", "y").lower().startswith("y")
+        except CloudxError:  # no terminal to answer on: the config is written, report and finish
+            wait = False
+        if not wait:
             return EXIT_OK
         waited = time.monotonic()
         while time.monotonic() - waited < 10:

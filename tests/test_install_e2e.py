@@ -16,10 +16,16 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """bin dir of a fresh venv where the project was installed from its wheel, with --no-index."""
+    import shutil
+
     work = tmp_path_factory.mktemp("install")
+    src = work / "src"  # a copy, so the build leaves nothing in the checkout
+    src.mkdir()
+    for name in ("cloudx_proxy.py", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, src / name)
     wheels = work / "wheels"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(ROOT)], capture_output=True, text=True, timeout=300, cwd=work)
+                            "-w", str(wheels), str(src)], capture_output=True, text=True, timeout=300, cwd=work)
     assert build.returncode == 0, build.stderr
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)

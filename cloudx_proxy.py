@@ -1967,7 +1967,10 @@ def check_instance(s: Setup, host: str) -> int:
         proc = run_cmd(argv, timeout=900, env=s.env)
         if proc.returncode != 0:
             detail = " ".join(proc.stderr.split())[-300:]
-            raise CloudxError(f"the configuration is written, but ssh {host} failed: {detail}", f"run: ssh -v {host}")
+            hint = f"run: ssh -v {host}"
+            if s.op_vault is not None:
+                hint = "check that the 1Password SSH agent runs and serves the key's vault; then " + hint
+            raise CloudxError(f"the configuration is written, but ssh {host} failed: {detail}", hint)
         status = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "unknown"
         if status == "done":
             log("  connected; the instance's setup is complete")

@@ -57,6 +57,10 @@ AWS_CONNECT_TIMEOUT = 10
 AWS_READ_TIMEOUT = 20
 # Wall-clock limit for one aws process (its own retries included).
 AWS_CALL_TIMEOUT = 90.0
+# While waiting for SSM, look at the EC2 state at least this often.
+STATE_RECHECK_SECONDS = 5.0
+# The aws CLI's own retries (throttling, 5xx, timeouts), unless the user chose.
+AWS_RETRY_ENV = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "5"}
 # One poll round lasts at least this long (an aws process usually takes more).
 MIN_POLL_INTERVAL = 1.0
 
@@ -437,7 +441,7 @@ def push_record_fresh(record: object, expect: dict[str, str], now: float, window
 
 # --- setup: names, SSH config rendering and merging ---------------------------
 HOST_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}")
-SECTION_RE = re.compile(r"\s*(host|match)(?:\s*=\s*|\s+)(.*?)\s*$", re.I)
+SECTION_RE = re.compile(r"[\s\ufeff]*(host|match)(?:\s*=\s*|\s+)(.*?)\s*$", re.I)
 BANNER_PREFIXES = ("# Created by cloudX-proxy", "# Created by cloudx-proxy", "# Configuration type:")
 IAM_USER_RE = re.compile(r"cloudx-([A-Za-z0-9_.]+)-(.+)", re.I)
 OP_ITEM_TITLE = "cloudX SSH Key - {key}"
@@ -1031,6 +1035,8 @@ class Aws:
     """How to run the aws CLI for one profile and region: the one helper for every call."""
 
     def __init__(self, path: str, profile: str, region: str, env: dict[str, str], instance_id: str | None = None):
+        for key, value in AWS_RETRY_ENV.items():
+            env.setdefault(key, value)  # in place: the session's aws process gets them too
         self.path, self.profile, self.region, self.env = path, profile, region, env
         self.instance_id = instance_id
 
@@ -1515,16 +1521,18 @@ def wait_until_online(
     state = "running" if key_pushed else "unknown"
     restarted = False
     status = "NotRegistered"
+    described_at = time.monotonic()
     while True:
         round_start = time.monotonic()
         calls = {"ssm": aws_ssm_status_args(iid)}
-        if state != "running":
-            calls["ec2"] = aws_describe_args(iid)
+        if state != "running" or time.monotonic() - described_at > STATE_RECHECK_SECONDS:
+            calls["ec2"] = aws_describe_args(iid)  # also notices an instance stopped while we wait
         elif key_pushed is None or time.time() - key_pushed > PUSH_REFRESH_SECONDS:
             calls["push"] = aws_push_key_args(iid, plan.user, public_key)
         push_time = time.time()
         results = aws.many(calls)
         if "ec2" in results:
+            described_at = time.monotonic()
             described = results["ec2"]
             if isinstance(described, CloudxError):
                 raise described

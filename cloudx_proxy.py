@@ -1460,12 +1460,26 @@ def ensure_started(aws: Aws, plan: ConnectPlan, deadline: float, ignore_marker: 
             log(f"Instance {iid} is being started by another connection; waiting...")
             return False
         while True:
+            round_start = time.monotonic()
             try:
                 previous = parse_previous_state(aws(aws_start_args(iid)))
             except CloudxError as e:
                 if e.code != "IncorrectInstanceState":
                     raise
-                state = aws_instance_state(aws, iid)
+                try:
+                    state = aws_instance_state(aws, iid)
+                except CloudxError as denied:
+                    if not is_denied(denied):
+                        raise
+                    # Without ec2:DescribeInstances (the reference's minimal policy)
+                    # all we know is that it cannot be started yet: try again.
+                    debug("describe-instances denied; retrying start-instances")
+                    _pace(
+                        round_start,
+                        deadline,
+                        f"starting {iid}: it is not in a state from which it can be started (stopping, or terminated)",
+                    )
+                    continue
                 if state in ("terminated", "shutting-down"):
                     raise CloudxError(
                         f"instance {iid} is {state}", "it cannot be started; use another instance"
@@ -1484,6 +1498,11 @@ def ensure_started(aws: Aws, plan: ConnectPlan, deadline: float, ignore_marker: 
                 return True
             debug(f"start-instances: instance was {previous}")
             return False
+
+
+def is_denied(error: CloudxError) -> bool:
+    """True for an AWS permission refusal."""
+    return bool(error.code) and ("AccessDenied" in str(error.code) or error.code == "UnauthorizedOperation")
 
 
 def wait_for_state(aws: Aws, plan: ConnectPlan, deadline: float, wanted: str) -> None:
@@ -1522,18 +1541,23 @@ def wait_until_online(
     restarted = False
     status = "NotRegistered"
     described_at = time.monotonic()
+    can_describe = True  # the reference's minimal policy has no ec2:DescribeInstances
     while True:
         round_start = time.monotonic()
         calls = {"ssm": aws_ssm_status_args(iid)}
-        if state != "running" or time.monotonic() - described_at > STATE_RECHECK_SECONDS:
+        if can_describe and (state != "running" or time.monotonic() - described_at > STATE_RECHECK_SECONDS):
             calls["ec2"] = aws_describe_args(iid)  # also notices an instance stopped while we wait
-        elif key_pushed is None or time.time() - key_pushed > PUSH_REFRESH_SECONDS:
+        elif state != "running" or key_pushed is None or time.time() - key_pushed > PUSH_REFRESH_SECONDS:
             calls["push"] = aws_push_key_args(iid, plan.user, public_key)
         push_time = time.time()
         results = aws.many(calls)
         if "ec2" in results:
             described_at = time.monotonic()
             described = results["ec2"]
+            if isinstance(described, CloudxError) and is_denied(described):
+                debug("describe-instances denied: following the key push and SSM alone")
+                can_describe = False
+                continue
             if isinstance(described, CloudxError):
                 raise described
             state = parse_instance_state(described, iid) or "missing"
@@ -1554,7 +1578,7 @@ def wait_until_online(
                     raise pushed
                 state = "unknown"
             else:
-                key_pushed = push_time
+                key_pushed, state = push_time, "running"  # a key is accepted only by a running instance
         ssm = results["ssm"]
         if isinstance(ssm, CloudxError):
             raise ssm

@@ -187,3 +187,20 @@ def test_verbose_setup_and_doctor_print_no_secrets(rig: Rig, home: Home, pyz: Pa
     assert "debug:" in outputs[0]
     for out in outputs:
         assert secret not in out and "PRIVATE KEY" not in out
+
+
+@pytest.mark.parametrize("start", ["stopped", "stopping"])
+def test_cold_connect_without_describe_permission(rig: Rig, home: Home, pyz: Path, start: str) -> None:
+    """The reference's minimal IAM policy has no ec2:DescribeInstances: connect still works."""
+    iid = rig.add_instance(state="stopped" if start == "stopped" else "running", pending_seconds=1, online_delay=2)
+    if start == "stopping":
+        rig.begin_stopping(iid, seconds=6)
+    rig.fault("DescribeInstances", "UnauthorizedOperation", "You are not authorized to perform this operation.",
+              count=1000)
+    try:
+        res = ssh(rig, home, pyz, iid, "echo minimal")
+    finally:
+        rig.clear_faults()
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "minimal\n"
+    assert "StartInstances" in actions(rig)

@@ -136,6 +136,14 @@ def usage_error(message: str, hint: str | None = None) -> CloudxError:
 # Output helpers: everything human-readable goes to stderr
 # ---------------------------------------------------------------------------
 _VERBOSE = False
+_COLOR = False  # set by main(): a terminal, NO_COLOR unset and no --no-color
+COLORS = {"error": "31", "FAIL": "31", "warn": "33", "hint": "33", "ok": "32"}
+
+
+def paint(word: str, text: str | None = None) -> str:
+    """text (default: word) in the color for word, when color is on."""
+    text = word if text is None else text
+    return f"\033[{COLORS[word]}m{text}\033[0m" if _COLOR and word in COLORS else text
 
 
 def log(msg: str) -> None:
@@ -158,8 +166,9 @@ def quote_argv(argv: list[str]) -> str:
 
 def render_error(e: CloudxError) -> str:
     """One line for a failure: the message and, when there is one, the fix."""
-    text = f"{PROG}: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else "")
-    return " ".join(text.split())
+    message = " ".join(e.message.split())
+    hint = f" ({paint('hint')}: {' '.join(e.hint.split())})" if e.hint else ""
+    return f"{PROG}: {paint('error')}: {message}{hint}"
 
 
 # ---------------------------------------------------------------------------
@@ -2212,11 +2221,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
 
-def render_findings(findings: list[tuple[str, str, str, str]]) -> str:
+def render_findings(findings: list[tuple[str, str, str, str]], color: bool = False) -> str:
     """One line per check: level, check, detail and, for warn/FAIL, the fix."""
     lines = []
     for level, check, detail, fix in findings:
-        line = f"{level:<5} {check}: {detail}"
+        line = f"{paint(level, f'{level:<5}') if color else f'{level:<5}'} {check}: {detail}"
         if fix and level != OK:
             line += f" -- fix: {fix}"
         lines.append(line)
@@ -2473,7 +2482,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"level": lv, "check": c, "detail": d, "fix": f} for lv, c, d, f in findings], indent=2))
     else:
-        sys.stdout.write(render_findings(findings))
+        sys.stdout.write(render_findings(findings, color=_COLOR and sys.stdout.isatty()))
     return EXIT_ERROR if any(f[0] == FAIL for f in findings) else EXIT_OK
 
 
@@ -2801,6 +2810,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbose.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug lines on stderr"
     )
+    verbose.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help="no colors on a terminal")
     parser = Parser(
         prog=PROG,
         description="SSH to EC2 instances through AWS Systems Manager (stdlib-only cloudX client).",
@@ -2922,11 +2932,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the command; CloudxError becomes error/hint lines and an exit code."""
-    global _VERBOSE
+    global _VERBOSE, _COLOR
     args = None
     try:
         args = build_parser().parse_args(argv)
         _VERBOSE = bool(getattr(args, "verbose", False))
+        _COLOR = sys.stderr.isatty() and not os.environ.get("NO_COLOR") and not getattr(args, "no_color", False)
         return int(args.func(args))
     except CloudxError as e:
         print(render_error(e), file=sys.stderr)

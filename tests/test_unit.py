@@ -259,3 +259,33 @@ def test_atomic_write_and_private_dir(tmp_path: Path) -> None:
     assert Path(target).read_text() == "two\n"
     assert os.stat(target).st_mode & 0o777 == 0o600
     assert sorted(os.listdir(d)) == ["f"], "no temp files left behind"
+
+
+def test_color_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    err = cp.CloudxError("boom", "fix it")
+    monkeypatch.setattr(cp, "_COLOR", False)
+    assert "\033[" not in cp.render_error(err)
+    monkeypatch.setattr(cp, "_COLOR", True)
+    assert cp.render_error(err) == "cloudx-proxy: \033[31merror\033[0m: boom (\033[33mhint\033[0m: fix it)"
+    findings = [("FAIL", "key", "missing", "run setup")]
+    assert "\033[31mFAIL" in cp.render_findings(findings, color=True)
+    assert "\033[" not in cp.render_findings(findings, color=False)
+
+
+def test_no_color_on_a_terminal_when_asked(tmp_path: Path) -> None:
+    """NO_COLOR and --no-color turn colors off even on a terminal (run under script(1) for a tty)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("script"):
+        pytest.skip("script(1) not installed")
+    base = f"{sys.executable} {Path(cp.__file__)} connect i-1"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    runs = {
+        "tty": subprocess.run(["script", "-qc", base, "/dev/null"], env=env, capture_output=True, text=True),
+        "NO_COLOR": subprocess.run(["script", "-qc", base, "/dev/null"], env=dict(env, NO_COLOR="1"), capture_output=True, text=True),
+        "--no-color": subprocess.run(["script", "-qc", base + " --no-color", "/dev/null"], env=env, capture_output=True, text=True),
+    }
+    assert "\033[31merror" in runs["tty"].stdout
+    assert "\033[" not in runs["NO_COLOR"].stdout and "error:" in runs["NO_COLOR"].stdout
+    assert "\033[" not in runs["--no-color"].stdout and "error:" in runs["--no-color"].stdout

@@ -865,11 +865,10 @@ def ensure_private_dir(path: str) -> str:
 
 
 def atomic_write(path: str, text: str, mode: int = 0o600) -> None:
-    """Write a file via a temp file in the same directory and a rename."""
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="~")
+    """Write a file via a temp file in the same directory, fsync and a rename: old or new, never partial."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".tmp-{name}-{os.getpid()}-{time.monotonic_ns()}~")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
@@ -1025,7 +1024,8 @@ def run_cmd(argv: list[str], timeout: float, env: dict[str, str] | None = None) 
     """Run a command with captured output; a missing program or a timeout is a CloudxError."""
     import subprocess
 
-    debug("run: " + quote_argv(argv))
+    if _VERBOSE:
+        debug("run: " + quote_argv(argv))
     started = time.monotonic()
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=env)
@@ -1070,7 +1070,8 @@ class Aws:
         """Run an aws command on the user's terminal (aws configure); returns its exit code."""
         import subprocess
 
-        debug("run: " + quote_argv([self.path, *args]))
+        if _VERBOSE:
+            debug("run: " + quote_argv([self.path, *args]))
         return subprocess.call([self.path, *args], env=self.env)
 
     def many(self, calls: dict[str, list[str]]) -> dict[str, Any]:
@@ -1293,8 +1294,14 @@ class PushCache:
     """Remembers the last successful key push, to skip it on a repeat connect."""
 
     def __init__(self, plan: ConnectPlan, public_key: str):
-        self.path = os.path.join(plan.cache, f"push-{plan.region}-{plan.instance_id}-{plan.user}-{plan.profile}.json")
-        self.expect = {"key": public_key, "config": plan.config_file, "credentials": plan.credentials_file}
+        profile = re.sub(r"[^A-Za-z0-9_.-]", "_", plan.profile)  # ':' cannot be in a Windows file name
+        self.path = os.path.join(plan.cache, f"push-{plan.region}-{plan.instance_id}-{plan.user}-{profile}.json")
+        self.expect = {
+            "profile": plan.profile,
+            "key": public_key,
+            "config": plan.config_file,
+            "credentials": plan.credentials_file,
+        }
 
     def fresh(self) -> bool:
         """True when the last push for this profile/region/instance/user/key can be reused."""

@@ -449,6 +449,8 @@ def push_record_fresh(record: object, expect: dict[str, str], now: float, window
 
 
 # --- setup: names, SSH config rendering and merging ---------------------------
+# Line breaks besides '\n' that str.splitlines() honours but ssh does not.
+CONFIG_PATH_FORBIDDEN = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 HOST_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}")
 SECTION_RE = re.compile(r"[\s\ufeff]*(host|match)(?:\s*=\s*|\s+)(.*?)\s*$", re.I)
 BANNER_PREFIXES = ("# Created by cloudX-proxy", "# Created by cloudx-proxy", "# Configuration type:")
@@ -472,6 +474,11 @@ VSCODE_SETTINGS = """{{
 }}"""
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines as ssh reads them: split after each '\n' only (keeps '\r\n' and odd characters)."""
+    return [line for line in re.split(r"(?<=\n)", text) if line]
+
+
 def validate_host_part(kind: str, value: str) -> str:
     """A hostname, environment or prefix that becomes part of an SSH Host line."""
     if not HOST_PART_RE.fullmatch(value or ""):
@@ -479,11 +486,28 @@ def validate_host_part(kind: str, value: str) -> str:
     return value
 
 
-def validate_config_path(kind: str, value: str) -> str:
-    """A path that is written into an SSH config line: no control characters or double quotes."""
+def validate_config_path(kind: str, value: str, include: bool = False) -> str:
+    """A path that is written into an SSH config line and must reach ssh unchanged.
+
+    ssh has no escape for '${' (it expands environment variables in paths),
+    line breaks or double quotes; an Include path is also globbed, so it may not
+    have glob characters.
+    """
     validate_path(kind, value)
-    if '"' in value:
-        raise usage_error(f"invalid {kind} {value!r}: double quotes cannot be written to an SSH config")
+    problems = [
+        ('"', '"' in value),
+        ("'${'", "${" in value),
+        ("a line break", any(c in value for c in CONFIG_PATH_FORBIDDEN)),
+        # ssh reads \\, \' and \" as escapes; an Include is globbed, where any backslash escapes
+        (
+            "a backslash there",
+            re.search(r"\\([\\'\" ]|$)", value) is not None or (include and "\\" in value and os.name != "nt"),
+        ),
+        ("glob characters (*?[])", include and any(c in value for c in "*?[]")),
+    ]
+    what = next((name for name, bad in problems if bad), None)
+    if what:
+        raise usage_error(f"invalid {kind} {value!r}: {what} cannot be carried through an SSH config line")
     return value
 
 
@@ -523,10 +547,14 @@ def quote_proxy_arg(value: str, windows: bool = False) -> str:
     return quoted.replace("%", "%%")
 
 
-def quote_config_value(value: str) -> str:
-    """An ssh_config(5) value: double-quoted when it has whitespace, '%' escaped."""
-    value = value.replace("%", "%%")
-    return f'"{value}"' if re.search(r"\s|#", value) else value
+def quote_config_value(value: str, percent: bool = True) -> str:
+    """An ssh_config(5) value: '%' doubled (for %-expanded keywords), double-quoted with
+    backslash escapes when it has whitespace, '#', quotes or backslashes."""
+    if percent:
+        value = value.replace("%", "%%")
+    if value and not re.search(r"[\s#'\"\\]", value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def render_proxy_command(
@@ -581,7 +609,11 @@ class ConfigBlock:
 
     def is_host(self, pattern: str) -> bool:
         """True for a 'Host PATTERN' block with exactly that one pattern (ssh compares case-insensitively)."""
-        return self.keyword == "host" and self.patterns.strip('"').lower() == pattern.lower()
+        if self.keyword != "host":
+            return False
+        parsed = parse_directive("Host " + self.patterns)
+        words = split_patterns(parsed[1]) if parsed else []
+        return len(words) == 1 and words[0].lower() == pattern.lower()
 
     def body(self) -> list[str]:
         """The block's meaningful lines: no banner, comments or blank lines, whitespace folded."""
@@ -594,7 +626,7 @@ def split_config(text: str) -> list[ConfigBlock]:
     Our banner lines directly above a Host line belong to that block.
     """
     blocks = [ConfigBlock(None, "", [])]
-    for line in text.splitlines(keepends=True):
+    for line in split_lines(text):
         match = SECTION_RE.match(line)
         if match:
             prev = blocks[-1].lines
@@ -613,7 +645,7 @@ def join_config(blocks: list[ConfigBlock]) -> str:
 
 
 def _block_lines(text: str, newline: str) -> list[str]:
-    return [line + newline for line in text.splitlines()]
+    return [line.rstrip("\r\n") + newline for line in split_lines(text)]
 
 
 def merge_config(
@@ -626,7 +658,7 @@ def merge_config(
     rewritten in place); a missing one is appended. Returns the new text and
     what was done, one phrase per block.
     """
-    newline = "\r\n" if "\r\n" in text else "\n"
+    newline = "\r\n" if "\r\n" in text or text.endswith("\r") else "\n"
     blocks = split_config(text)
     notes = []
     for kind, pattern, block_text in new_blocks:
@@ -661,6 +693,35 @@ def find_block(text: str, pattern: str) -> ConfigBlock | None:
     return next((b for b in split_config(text) if b.is_host(pattern)), None)
 
 
+def ssh_words(value: str) -> list[str]:
+    """Split a config value into words as OpenSSH's argv_split does (quotes, backslash escapes)."""
+    words: list[str] = []
+    word: list[str] | None = None
+    quote = ""
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        nxt = value[i + 1] if i + 1 < len(value) else ""
+        if ch == "\\" and (nxt in "'\"\\" and nxt or (not quote and nxt == " ")):
+            word = (word or []) + [nxt]
+            i += 2
+            continue
+        if not quote and ch in " \t":
+            if word is not None:
+                words.append("".join(word))
+            word = None
+        elif not quote and ch in "'\"":
+            quote, word = ch, word or []
+        elif quote and ch == quote:
+            quote = ""
+        else:
+            word = (word or []) + [ch]
+        i += 1
+    if word is not None:
+        words.append("".join(word))
+    return words
+
+
 def insert_include(text: str, include_path: str) -> str | None:
     """~/.ssh/config with 'Include PATH' above its first Host/Match block; None if already there.
 
@@ -668,16 +729,14 @@ def insert_include(text: str, include_path: str) -> str | None:
     """
     newline = "\r\n" if "\r\n" in text else "\n"
     wanted = os.path.normpath(os.path.expanduser(include_path))
-    lines = text.splitlines(keepends=True)
+    lines = split_lines(text)
     for line in lines:
-        words = line.strip().split(None, 1)
-        if len(words) == 2 and words[0].lower() == "include":
-            for item in words[1].split():
-                if os.path.normpath(os.path.expanduser(item.strip('"'))) == wanted:
-                    return None
-            if os.path.normpath(os.path.expanduser(words[1].strip().strip('"'))) == wanted:
+        parsed = parse_directive(line)
+        if parsed and parsed[0] == "include":
+            items = ssh_words(parsed[1])
+            if any(os.path.normpath(os.path.expanduser(item)) == wanted for item in [*items, parsed[1].strip()]):
                 return None
-    include = f"Include {quote_config_value(include_path)}{newline}"
+    include = f"Include {quote_config_value(include_path, percent=False)}{newline}"
     for index, line in enumerate(lines):
         if SECTION_RE.match(line):
             return "".join(lines[:index] + [include, newline] + lines[index:])
@@ -865,13 +924,26 @@ def ensure_private_dir(path: str) -> str:
 
 
 def atomic_write(path: str, text: str, mode: int = 0o600) -> None:
-    """Write a file via a temp file in the same directory, fsync and a rename: old or new, never partial."""
+    """Write text (newlines as given) via a temp file, fsync and a rename: old or new, never partial."""
+    atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def atomic_write_bytes(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write bytes via a temp file in the same directory, fsync and a rename."""
     directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".tmp-{name}-{os.getpid()}-{time.monotonic_ns()}~")
+    prefix = f".tmp-{name}-"
+    for old in os.listdir(directory):  # temp files of writers that were killed
+        pid = old[len(prefix) :].split("-", 1)[0] if old.startswith(prefix) and old.endswith("~") else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(os.path.join(directory, old))
+            except OSError:
+                pass
+    tmp = os.path.join(directory, f"{prefix}{os.getpid()}-{time.monotonic_ns()}~")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
@@ -882,6 +954,19 @@ def atomic_write(path: str, text: str, mode: int = 0o600) -> None:
         except OSError:
             pass
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists (Windows: assume it does)."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def read_json_file(path: str) -> Any:
@@ -941,16 +1026,21 @@ class FileLock:
 
 
 def backup_file(path: str) -> str | None:
-    """Copy a file to PATH.bak the first time, later to PATH.bak-YYYYmmdd-HHMMSS; return the copy."""
-    import shutil
+    """Copy a file to PATH.bak the first time, later to PATH.bak-YYYYmmdd-HHMMSS[-N]; return the copy.
 
+    The copy is itself written atomically, so a crash never leaves a truncated backup.
+    """
     if not os.path.exists(path):
         return None
     backup = path + ".bak"
     if os.path.exists(backup):
-        backup = path + time.strftime(".bak-%Y%m%d-%H%M%S")
-    shutil.copy2(path, backup)
-    os.chmod(backup, 0o600)
+        stamp = path + time.strftime(".bak-%Y%m%d-%H%M%S")
+        backup, n = stamp, 1
+        while os.path.exists(backup):
+            backup, n = f"{stamp}-{n}", n + 1
+    with open(path, "rb") as f:
+        data = f.read()
+    atomic_write_bytes(backup, data, 0o600)
     return backup
 
 
@@ -1630,19 +1720,23 @@ class Setup:
             validate_instance_id(self.instance)
         elif self.instance is not None and (len(self.instance) > 255 or any(c in self.instance for c in "\0\r\n")):
             raise usage_error(f"invalid --instance {self.instance!r}: expected an instance id or a Name tag")
+        for name in ("ssh_dir", "ssh_config"):
+            if getattr(args, name) is not None:
+                validate_path("--" + name.replace("_", "-"), getattr(args, name))
         if args.ssh_dir is not None:
-            self.ssh_dir = os.path.abspath(os.path.expanduser(validate_config_path("--ssh-dir", args.ssh_dir)))
+            self.ssh_dir = os.path.abspath(os.path.expanduser(args.ssh_dir))
         elif args.ssh_config is not None:
-            self.ssh_dir = os.path.dirname(
-                os.path.abspath(os.path.expanduser(validate_config_path("--ssh-config", args.ssh_config)))
-            )
+            self.ssh_dir = os.path.dirname(os.path.abspath(os.path.expanduser(args.ssh_config)))
         else:
             self.ssh_dir = os.path.join(home, ".ssh", "cloudX")
         if args.ssh_config is not None:
-            self.ssh_config = os.path.abspath(os.path.expanduser(validate_config_path("--ssh-config", args.ssh_config)))
+            self.ssh_config = os.path.abspath(os.path.expanduser(args.ssh_config))
         else:
             self.ssh_config = os.path.join(self.ssh_dir, "config")
         self.key_path = os.path.join(self.ssh_dir, self.key)
+        # The resolved paths (HOME included) are what goes into the config lines.
+        validate_config_path("--ssh-dir", self.key_path)
+        validate_config_path("--ssh-config", self.ssh_config, include=True)
         self.yes, self.dry_run = bool(args.yes), bool(args.dry_run)
         self.op_vault: str | None = args.op_vault
         if self.op_vault is not None and (
@@ -2673,7 +2767,7 @@ def migrate_config_text(text: str, source: str, target: str) -> str:
     tilde_source = "~" + source[len(home) :] if source.startswith(home + os.sep) else None
     tilde_target = "~" + target[len(home) :] if target.startswith(home + os.sep) else target
     out = []
-    for line in text.splitlines(keepends=True):
+    for line in split_lines(text):
         parsed = parse_directive(line)
         if parsed and parsed[0] in ("identityfile", "proxycommand", "include", "identityagent", "controlpath"):
             line = line.replace(source, target)

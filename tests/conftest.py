@@ -1,12 +1,12 @@
 """Shared fixtures: the end-to-end rig (see docs/test-rig.md)."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from rig import Home, Rig, have_prerequisites
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

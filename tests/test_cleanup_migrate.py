@@ -35,15 +35,24 @@ MESSY = (
 
 def run(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    return subprocess.run([sys.executable, str(Path(cp.__file__)), *args], env=env, input=stdin,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(Path(cp.__file__)), *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_canonical_order_and_duplicates() -> None:
     text, dropped = cp.canonical_config(MESSY, "2026-02-02 00:00:00")
     assert dropped == ["dropped duplicate host block Host cloudX-dev-web (the later one is kept)"]
     assert text.startswith("# my settings\nServerAliveInterval 30\n\n# Created by cloudX-proxy")
-    order = [text.index(s) for s in ("Host cloudX-*\n", "Host cloudX-dev-*\n", "Host cloudX-dev-web\n", "Host mine\n", "Match host")]
+    order = [
+        text.index(s)
+        for s in ("Host cloudX-*\n", "Host cloudX-dev-*\n", "Host cloudX-dev-web\n", "Host mine\n", "Match host")
+    ]
     assert order == sorted(order)
     assert "i-22222222" in text and "i-0123456789abcdef0" not in text, "last one wins"
     assert "Host mine\n\tHostName 192.0.2.7   # keep me\n" in text, "foreign lines byte for byte"
@@ -83,7 +92,8 @@ def _legacy_home(home: Path) -> Path:
         "Host cloudx-dev-*\n"
         f"    IdentityFile {legacy}/vscode\n"
         "    ProxyCommand uvx cloudx-proxy connect %h %p\n"
-        "Host cloudx-dev-web\n    HostName i-0123456789abcdef0\n")
+        "Host cloudx-dev-web\n    HostName i-0123456789abcdef0\n"
+    )
     (home / ".ssh" / "config").write_text(f"Include {legacy}/config\n\nHost other\n  User x\n")
     return legacy
 

@@ -17,19 +17,25 @@ HAND_EDITED = (
     "# my own settings\r\n"
     "Host=bastion\r\n"
     "\tHostName 10.0.0.1   # trailing comment\r\n"
-    "\tUser \"me\"\r\n"
+    '\tUser "me"\r\n'
     "\r\n"
-    "Match host *.corp exec \"true\"\r\n"
+    'Match host *.corp exec "true"\r\n'
     "    ForwardAgent no\r\n"
     "Host a b c\r\n"
     "  Port 2222"
 )
 
 
-def blocks_for(prefix: str = "cloudX", env: str = "dev", host: str = "web", iid: str = IID, proxy: str = "P") -> list[tuple[str, str, str]]:
+def blocks_for(
+    prefix: str = "cloudX", env: str = "dev", host: str = "web", iid: str = IID, proxy: str = "P"
+) -> list[tuple[str, str, str]]:
     return [
         ("generic", f"{prefix}-*", cp.render_generic_block(prefix)),
-        ("environment", f"{prefix}-{env}-*", cp.render_env_block(prefix, env, cp.render_identity("/k/key", None), proxy)),
+        (
+            "environment",
+            f"{prefix}-{env}-*",
+            cp.render_env_block(prefix, env, cp.render_identity("/k/key", None), proxy),
+        ),
         ("host", f"{prefix}-{env}-{host}", cp.render_host_block(prefix, env, host, iid)),
     ]
 
@@ -42,22 +48,30 @@ def test_split_and_join_are_byte_exact() -> None:
 def test_split_recognises_host_and_match_spellings() -> None:
     blocks = cp.split_config(HAND_EDITED)
     assert [(b.keyword, b.patterns) for b in blocks] == [
-        (None, ""), ("host", "bastion"), ("match", 'host *.corp exec "true"'), ("host", "a b c")]
+        (None, ""),
+        ("host", "bastion"),
+        ("match", 'host *.corp exec "true"'),
+        ("host", "a b c"),
+    ]
     assert blocks[1].is_host("BASTION") and not blocks[3].is_host("a")
 
 
 def test_render_generic_matches_the_reference() -> None:
     assert cp.render_generic_block("cloudX") == (
         "Host cloudX-*\n    User ec2-user\n    TCPKeepAlive yes\n    ControlMaster auto\n"
-        "    ControlPath ~/.ssh/control/%r@%h:%p\n    ControlPersist 4h\n")
+        "    ControlPath ~/.ssh/control/%r@%h:%p\n    ControlPersist 4h\n"
+    )
     windows = cp.render_generic_block("cloudX", windows=True)
     assert "    # ControlMaster auto\n" in windows and "    # ControlPersist 4h\n" in windows
 
 
 def test_merge_into_empty_file_has_three_tiers_with_banners() -> None:
     text, notes = cp.merge_config("", blocks_for(), {"cloudX-dev-web"}, WHEN)
-    assert notes == ["added generic block Host cloudX-*", "added environment block Host cloudX-dev-*",
-                     "added host block Host cloudX-dev-web"]
+    assert notes == [
+        "added generic block Host cloudX-*",
+        "added environment block Host cloudX-dev-*",
+        "added host block Host cloudX-dev-web",
+    ]
     assert text.count("# Created by cloudX-proxy v") == 3
     assert text.index("# Configuration type: generic") < text.index("Host cloudX-*")
     assert text.index("Host cloudX-*") < text.index("Host cloudX-dev-*") < text.index("Host cloudX-dev-web")
@@ -111,12 +125,15 @@ def test_insert_include_above_first_host() -> None:
     assert cp.insert_include(out, "/h/.ssh/cloudX/config") is None, "once"
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("", "Include /c\n"),
-    ("ServerAliveInterval 30", "ServerAliveInterval 30\n\nInclude /c\n"),
-    ("Match all\n  User y\n", "Include /c\n\nMatch all\n  User y\n"),
-    ("host=x\r\n", "Include /c\r\n\r\nhost=x\r\n"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("", "Include /c\n"),
+        ("ServerAliveInterval 30", "ServerAliveInterval 30\n\nInclude /c\n"),
+        ("Match all\n  User y\n", "Include /c\n\nMatch all\n  User y\n"),
+        ("host=x\r\n", "Include /c\r\n\r\nhost=x\r\n"),
+    ],
+)
 def test_insert_include_cases(text: str, expected: str) -> None:
     assert cp.insert_include(text, "/c") == expected
 
@@ -129,28 +146,39 @@ def test_insert_include_recognises_existing_forms() -> None:
 
 
 def test_proxy_command_quoting() -> None:
-    cmd = cp.render_proxy_command(["/usr/bin/python3", "/opt/my tools/cloudx_proxy.pyz"], "prof", "key",
-                                  "/home/u/.ssh/100%/cloudX", "prod")
-    assert cmd == ("/usr/bin/python3 '/opt/my tools/cloudx_proxy.pyz' connect %h %p --profile prof --ssh-key key "
-                   "--ssh-dir /home/u/.ssh/100%%/cloudX --aws-env prod")
+    cmd = cp.render_proxy_command(
+        ["/usr/bin/python3", "/opt/my tools/cloudx_proxy.pyz"], "prof", "key", "/home/u/.ssh/100%/cloudX", "prod"
+    )
+    assert cmd == (
+        "/usr/bin/python3 '/opt/my tools/cloudx_proxy.pyz' connect %h %p --profile prof --ssh-key key "
+        "--ssh-dir /home/u/.ssh/100%%/cloudX --aws-env prod"
+    )
     assert "--aws-env" not in cp.render_proxy_command(["x"], "p", "k", "/d", None)
-    win = cp.render_proxy_command([r"C:\Program Files\Python\python.exe", r"C:\t\x.pyz"], "p", "k", r"C:\Users\a b\.ssh", None, windows=True)
+    win = cp.render_proxy_command(
+        [r"C:\Program Files\Python\python.exe", r"C:\t\x.pyz"], "p", "k", r"C:\Users\a b\.ssh", None, windows=True
+    )
     assert win.startswith('"C:\\Program Files\\Python\\python.exe" C:\\t\\x.pyz connect %h %p')
 
 
 def test_identity_lines() -> None:
     assert cp.render_identity("/k/my key", None) == ['IdentityFile "/k/my key"', "IdentitiesOnly yes"]
     assert cp.render_identity("/k/key", "~/.1password/agent.sock") == [
-        "IdentityAgent ~/.1password/agent.sock", "IdentityFile /k/key.pub", "IdentitiesOnly yes"]
+        "IdentityAgent ~/.1password/agent.sock",
+        "IdentityFile /k/key.pub",
+        "IdentitiesOnly yes",
+    ]
 
 
-@pytest.mark.parametrize("arn,env", [
-    ("arn:aws:iam::123456789012:user/cloudX-dev-alice", "dev"),
-    ("arn:aws:iam::123456789012:user/cloudx-prod-bob", "prod"),
-    ("arn:aws:iam::123456789012:user/teams/CLOUDX-qa-carol", "qa"),
-    ("arn:aws:iam::123456789012:user/alice", None),
-    ("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Dev/alice", None),
-])
+@pytest.mark.parametrize(
+    "arn,env",
+    [
+        ("arn:aws:iam::123456789012:user/cloudX-dev-alice", "dev"),
+        ("arn:aws:iam::123456789012:user/cloudx-prod-bob", "prod"),
+        ("arn:aws:iam::123456789012:user/teams/CLOUDX-qa-carol", "qa"),
+        ("arn:aws:iam::123456789012:user/alice", None),
+        ("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Dev/alice", None),
+    ],
+)
 def test_env_from_identity(arn: str, env: str | None) -> None:
     assert cp.env_from_identity(arn)[0] == env
 

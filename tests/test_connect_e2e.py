@@ -22,19 +22,36 @@ from rig import Home, Rig
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def ssh(rig: Rig, home: Home, pyz: Path, iid: str, *remote: str, aws: str = "v1", args: str = "",
-        env: dict[str, str] | None = None, timeout: float = 120, python: str = sys.executable) -> subprocess.CompletedProcess[str]:
+def ssh(
+    rig: Rig,
+    home: Home,
+    pyz: Path,
+    iid: str,
+    *remote: str,
+    aws: str = "v1",
+    args: str = "",
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    python: str = sys.executable,
+) -> subprocess.CompletedProcess[str]:
     """Run `ssh IID REMOTE...` with our zipapp as the ProxyCommand."""
     proxy = f"{python} {pyz} connect %h %p {args}".strip()
     argv = rig.ssh_argv(home, iid, proxy, *remote)
     return subprocess.run(argv, env=env or rig.env(home, aws), capture_output=True, text=True, timeout=timeout)
 
 
-def connect(rig: Rig, home: Home, pyz: Path, *args: str, aws: str = "v1", env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def connect(
+    rig: Rig, home: Home, pyz: Path, *args: str, aws: str = "v1", env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run the zipapp's connect directly (stdin closed), as a user testing it would."""
-    return subprocess.run([sys.executable, str(pyz), "connect", *args], env=env or rig.env(home, aws),
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(pyz), "connect", *args],
+        env=env or rig.env(home, aws),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def actions(rig: Rig) -> list[str]:
@@ -115,12 +132,16 @@ def test_scp_round_trip_with_checksum(rig: Rig, home: Home, pyz: Path, tmp_path:
     proxy = f"{sys.executable} {pyz} connect %h %p"
     base = rig.ssh_argv(home, iid, proxy)[1:-1]  # the -o options, without "ssh" and the host
     env = rig.env(home)
-    up = subprocess.run(["scp", *base, str(src), f"{iid}:/tmp/blob-{iid}.bin"], env=env, capture_output=True, text=True, timeout=120)
+    up = subprocess.run(
+        ["scp", *base, str(src), f"{iid}:/tmp/blob-{iid}.bin"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert up.returncode == 0, up.stderr
     res = ssh(rig, home, pyz, iid, f"sha256sum /tmp/blob-{iid}.bin")
     assert res.stdout.split()[0] == hashlib.sha256(data).hexdigest()
     back = tmp_path / "back.bin"
-    down = subprocess.run(["scp", *base, f"{iid}:/tmp/blob-{iid}.bin", str(back)], env=env, capture_output=True, text=True, timeout=120)
+    down = subprocess.run(
+        ["scp", *base, f"{iid}:/tmp/blob-{iid}.bin", str(back)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert down.returncode == 0, down.stderr
     assert back.read_bytes() == data
 
@@ -353,8 +374,13 @@ def test_region_from_profile_env_and_flag(rig: Rig, tmp_path: Path, pyz: Path) -
 # --- dry run, input validation, entry points -------------------------------------
 def test_dry_run_needs_no_aws_cli(tmp_path: Path, pyz: Path) -> None:
     env = {"PATH": str(tmp_path / "nothing"), "HOME": str(tmp_path)}
-    res = subprocess.run([sys.executable, "-S", str(pyz), "connect", "i-0123456789abcdef0", "2222", "--dry-run"],
-                         env=env, capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        [sys.executable, "-S", str(pyz), "connect", "i-0123456789abcdef0", "2222", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout == ""
     assert "ssm start-session --target i-0123456789abcdef0 --document-name AWS-StartSSHSession" in res.stderr
@@ -363,11 +389,20 @@ def test_dry_run_needs_no_aws_cli(tmp_path: Path, pyz: Path) -> None:
 
 
 BAD_INPUTS = [
-    ["i-123"], ["i-0123456789abcdef0", "0"], ["i-0123456789abcdef0", "70000"], ["i-0123456789abcdef0", "22;id"],
-    ["i-0123456789abcdef0", "--profile", "a b"], ["i-0123456789abcdef0", "--profile", "$(id)"],
-    ["i-0123456789abcdef0", "--region", "eu-west-1;id"], ["i-0123456789abcdef0", "--ssh-key", "../id_rsa"],
-    ["i-0123456789abcdef0", "--aws-env", "../../etc"], ["i-0123456789abcdef0", "--user", "root;id"],
-    ["i-0123456789abcdef0", "--timeout", "soon"], ["I-0123456789ABCDEF0"], [], ["i-0123456789abcdef0", "--bogus"],
+    ["i-123"],
+    ["i-0123456789abcdef0", "0"],
+    ["i-0123456789abcdef0", "70000"],
+    ["i-0123456789abcdef0", "22;id"],
+    ["i-0123456789abcdef0", "--profile", "a b"],
+    ["i-0123456789abcdef0", "--profile", "$(id)"],
+    ["i-0123456789abcdef0", "--region", "eu-west-1;id"],
+    ["i-0123456789abcdef0", "--ssh-key", "../id_rsa"],
+    ["i-0123456789abcdef0", "--aws-env", "../../etc"],
+    ["i-0123456789abcdef0", "--user", "root;id"],
+    ["i-0123456789abcdef0", "--timeout", "soon"],
+    ["I-0123456789ABCDEF0"],
+    [],
+    ["i-0123456789abcdef0", "--bogus"],
 ]
 
 
@@ -383,7 +418,11 @@ def test_bad_input_exits_2_with_one_line(rig: Rig, home: Home, pyz: Path, args: 
 
 def test_entry_points_agree(pyz: Path, tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    ways = [[sys.executable, str(pyz)], [sys.executable, str(ROOT / "cloudx_proxy.py")], [sys.executable, "-m", "cloudx_proxy"]]
+    ways = [
+        [sys.executable, str(pyz)],
+        [sys.executable, str(ROOT / "cloudx_proxy.py")],
+        [sys.executable, "-m", "cloudx_proxy"],
+    ]
     outs = []
     for way in ways:
         v = subprocess.run([*way, "--version"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
@@ -409,7 +448,13 @@ def test_zipapp_runs_on_each_python(pyz: Path, tmp_path: Path, version: str) -> 
     if not exe:
         skip_or_fail(f"python{version} not installed")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    res = subprocess.run([exe, str(pyz), "connect", "i-0123456789abcdef0", "--dry-run"], env=env, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [exe, str(pyz), "connect", "i-0123456789abcdef0", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     assert "start-session" in res.stderr
     bad = subprocess.run([exe, str(pyz), "connect", "i-1"], env=env, capture_output=True, text=True, timeout=60)
@@ -444,9 +489,17 @@ def test_killed_lock_holder_does_not_block(rig: Rig, home: Home, pyz: Path) -> N
     cache = home.path / ".cache" / "cloudx-proxy"
     cache.mkdir(parents=True, mode=0o700)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl,os,sys,time; fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT); "
-         "fcntl.flock(fd,fcntl.LOCK_EX); print('locked',flush=True); time.sleep(60)", str(cache / f"lock-eu-west-1-{iid}")],
-        stdout=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,os,sys,time; fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT); "
+            "fcntl.flock(fd,fcntl.LOCK_EX); print('locked',flush=True); time.sleep(60)",
+            str(cache / f"lock-eu-west-1-{iid}"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         os.kill(holder.pid, signal.SIGKILL)

@@ -13,8 +13,16 @@ import pytest
 from rig import Home, Rig
 
 
-def ssh(rig: Rig, home: Home, pyz: Path, iid: str, *remote: str, args: str = "", env: dict[str, str] | None = None,
-        timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def ssh(
+    rig: Rig,
+    home: Home,
+    pyz: Path,
+    iid: str,
+    *remote: str,
+    args: str = "",
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+) -> subprocess.CompletedProcess[str]:
     argv = rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p {args}".strip(), *remote)
     return subprocess.run(argv, env=env or rig.env(home), capture_output=True, text=True, timeout=timeout)
 
@@ -73,8 +81,15 @@ def test_credentials_expiring_between_calls(rig: Rig, home: Home, pyz: Path) -> 
 @pytest.mark.parametrize("change", ["stopped", "terminated"])
 def test_instance_changes_while_we_wait(rig: Rig, home: Home, pyz: Path, change: str) -> None:
     iid = rig.add_instance(state="stopped", online_delay=600)
-    proc = subprocess.Popen([sys.executable, str(pyz), "connect", iid], env=rig.env(home), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(pyz), "connect", iid],
+        env=rig.env(home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while "StartInstances" not in actions(rig):
@@ -130,9 +145,15 @@ def test_ten_parallel_connects_start_the_instance_once(rig: Rig, home: Home, pyz
 def test_two_setups_at_once_keep_both_hosts(rig: Rig, home: Home, pyz: Path) -> None:
     ids = [rig.add_instance(), rig.add_instance()]
     procs = [
-        subprocess.Popen([sys.executable, str(pyz), "setup", "--instance", iid, "--hostname", f"par{n}", "--yes"],
-                         env=rig.env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
+        subprocess.Popen(
+            [sys.executable, str(pyz), "setup", "--instance", iid, "--hostname", f"par{n}", "--yes"],
+            env=rig.env(home),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         for n, iid in enumerate(ids)
     ]
     outs = [p.communicate(timeout=300) for p in procs]
@@ -146,19 +167,32 @@ def test_two_setups_at_once_keep_both_hosts(rig: Rig, home: Home, pyz: Path) -> 
 
 def test_malformed_aws_config_is_a_clear_error(rig: Rig, home: Home, pyz: Path) -> None:
     (home.path / ".aws" / "config").write_text("region = eu-west-1\n[profile cloudX\nregion=\n")
-    res = subprocess.run([sys.executable, str(pyz), "connect", rig.add_instance()], env=rig.env(home),
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, str(pyz), "connect", rig.add_instance()],
+        env=rig.env(home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 1
     assert "cannot read AWS config file" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_odd_main_ssh_config_gets_include_in_the_right_place(rig: Rig, home: Home, pyz: Path) -> None:
     main = home.path / ".ssh" / "config"
-    original = "\ufeff# top\r\nInclude ~/.ssh/conf.d/*\r\n\tServerAliveInterval=30\r\nhost=a*\r\n  User x\r\nMatch all\r\n"
+    original = (
+        "\ufeff# top\r\nInclude ~/.ssh/conf.d/*\r\n\tServerAliveInterval=30\r\nhost=a*\r\n  User x\r\nMatch all\r\n"
+    )
     main.write_bytes(original.encode())
-    res = subprocess.run([sys.executable, str(pyz), "setup", "--instance", rig.add_instance(), "--hostname", "odd",
-                          "--yes"], env=rig.env(home), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                         timeout=240)
+    res = subprocess.run(
+        [sys.executable, str(pyz), "setup", "--instance", rig.add_instance(), "--hostname", "odd", "--yes"],
+        env=rig.env(home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert res.returncode == 0, res.stderr
     text = main.read_bytes().decode()
     include = f"Include {home.ssh_dir / 'config'}\r\n\r\n"
@@ -168,9 +202,14 @@ def test_odd_main_ssh_config_gets_include_in_the_right_place(rig: Rig, home: Hom
 def test_non_utf8_ssh_config_is_refused_unchanged(rig: Rig, home: Home, pyz: Path) -> None:
     main = home.path / ".ssh" / "config"
     main.write_bytes(b"Host x\n  User \xff\xfe\n")
-    res = subprocess.run([sys.executable, str(pyz), "setup", "--instance", rig.add_instance(), "--hostname", "u",
-                          "--yes"], env=rig.env(home), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                         timeout=240)
+    res = subprocess.run(
+        [sys.executable, str(pyz), "setup", "--instance", rig.add_instance(), "--hostname", "u", "--yes"],
+        env=rig.env(home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert res.returncode == 1 and "not UTF-8" in res.stderr
     assert main.read_bytes() == b"Host x\n  User \xff\xfe\n"
 
@@ -181,8 +220,14 @@ def test_verbose_setup_and_doctor_print_no_secrets(rig: Rig, home: Home, pyz: Pa
     secret = creds.split("aws_secret_access_key = ")[1].split()[0]
     outputs = []
     for args in (["-v", "setup", "--instance", iid, "--hostname", "sec", "--yes"], ["-v", "doctor", "cloudX-dev-sec"]):
-        res = subprocess.run([sys.executable, str(pyz), *args], env=rig.env(home), stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True, timeout=240)
+        res = subprocess.run(
+            [sys.executable, str(pyz), *args],
+            env=rig.env(home),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         outputs.append(res.stdout + res.stderr)
     assert "debug:" in outputs[0]
     for out in outputs:
@@ -195,8 +240,9 @@ def test_cold_connect_without_describe_permission(rig: Rig, home: Home, pyz: Pat
     iid = rig.add_instance(state="stopped" if start == "stopped" else "running", pending_seconds=1, online_delay=2)
     if start == "stopping":
         rig.begin_stopping(iid, seconds=6)
-    rig.fault("DescribeInstances", "UnauthorizedOperation", "You are not authorized to perform this operation.",
-              count=1000)
+    rig.fault(
+        "DescribeInstances", "UnauthorizedOperation", "You are not authorized to perform this operation.", count=1000
+    )
     try:
         res = ssh(rig, home, pyz, iid, "echo minimal")
     finally:

@@ -24,15 +24,35 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("cloudx_proxy.py", "pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     wheels = work / "wheels"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(src)], capture_output=True, text=True, timeout=300, cwd=work)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=work,
+    )
     assert build.returncode == 0, build.stderr
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     wheel = next(wheels.glob("cloudx_proxy-*.whl"))
     # Install with this interpreter's pip into the new venv: --no-index proves nothing is downloaded.
-    inst = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                           "--no-index", "--no-deps", str(wheel)], capture_output=True, text=True, timeout=300)
+    inst = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if inst.returncode != 0 and "no such option: --python" in inst.stderr:
         pytest.skip("pip too old for --python")
     assert inst.returncode == 0, inst.stderr
@@ -51,8 +71,14 @@ def test_console_script_as_proxy_command_and_in_setup(rig: Rig, home: Home, inst
     res = subprocess.run(argv, env=rig.env(home), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "installed\n"
-    res = subprocess.run([str(installed / "cloudx-proxy"), "setup", "--instance", iid, "--yes"], env=rig.env(home),
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
+    res = subprocess.run(
+        [str(installed / "cloudx-proxy"), "setup", "--instance", iid, "--yes"],
+        env=rig.env(home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert res.returncode == 0, res.stderr
     config = (home.ssh_dir / "config").read_text()
     assert "Host cloudx-dev-pip\n" in config, "cloudx-proxy implies the lowercase prefix"

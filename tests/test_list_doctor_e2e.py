@@ -24,13 +24,13 @@ HAND_EDITED = (
     "Host cloudX-pre-prod-*\r\n"
     "    ProxyCommand python3 /x.pyz connect %h %p --profile pp --ssh-key key\r\n"
     "Host=cloudX-dev-*\r\n"
-    "\tProxyCommand \"python3\" /x.pyz connect %h %p --profile devp --aws-env corp\r\n"
+    '\tProxyCommand "python3" /x.pyz connect %h %p --profile devp --aws-env corp\r\n'
     "Host cloudX-dev-web # the web box\r\n"
     "    HostName i-0123456789abcdef0\r\n"
     "Host cloudX-pre-prod-api cloudX-pre-prod-api2\r\n"
     "    HostName=i-11111111\r\n"
     "host cloudX-dev-db\r\n"
-    "  hostname \"i-22222222\"\r\n"
+    '  hostname "i-22222222"\r\n'
     "Host other\r\n"
     "  HostName 10.0.0.1\r\n"
     "Match host *.corp\r\n"
@@ -61,7 +61,8 @@ def test_render_list_groups_and_sorts() -> None:
 
 def test_thousand_hosts_parse_quickly() -> None:
     text = "Host cloudX-*\n  User ec2-user\nHost cloudX-dev-*\n  ProxyCommand x connect %h %p\n" + "".join(
-        f"Host cloudX-dev-h{i:04d}\n  HostName i-{i:08x}\n" for i in range(1000))
+        f"Host cloudX-dev-h{i:04d}\n  HostName i-{i:08x}\n" for i in range(1000)
+    )
     started = time.perf_counter()
     out = cp.render_host_list(cp.parse_cloudx_config(text), None, False)
     elapsed = time.perf_counter() - started
@@ -76,9 +77,17 @@ def test_include_position() -> None:
 
 
 # --- end to end --------------------------------------------------------------------
-def run(rig: Rig, home: Home, pyz: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(pyz), *args], env=env or rig.env(home), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=240)
+def run(
+    rig: Rig, home: Home, pyz: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(pyz), *args],
+        env=env or rig.env(home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -144,7 +153,15 @@ def test_doctor_healthy(rig: Rig, configured: tuple[Home, str], pyz: Path) -> No
     assert "ok    ssm: PingStatus Online" in res.stdout
     assert "ok    credentials: arn:aws:iam::" in res.stdout
     data = json.loads(run(rig, home, pyz, "doctor", "cloudX-dev-web", "--json").stdout)
-    assert {f["check"] for f in data} >= {"python", "aws", "session-manager-plugin", "key", "include", "instance", "ssm"}
+    assert {f["check"] for f in data} >= {
+        "python",
+        "aws",
+        "session-manager-plugin",
+        "key",
+        "include",
+        "instance",
+        "ssm",
+    }
 
 
 def _doctor(rig: Rig, home: Home, pyz: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -163,7 +180,9 @@ def test_doctor_expired_credentials(rig: Rig, configured: tuple[Home, str], pyz:
     home, _ = configured
     rig.fault("GetCallerIdentity", "ExpiredToken", "The security token included in the request is expired")
     res = _doctor(rig, home, pyz)
-    assert res.returncode == 1 and "FAIL  credentials: the AWS credentials of profile 'cloudX' have expired" in res.stdout
+    assert (
+        res.returncode == 1 and "FAIL  credentials: the AWS credentials of profile 'cloudX' have expired" in res.stdout
+    )
 
 
 def test_doctor_key_permissions(rig: Rig, configured: tuple[Home, str], pyz: Path) -> None:

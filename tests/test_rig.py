@@ -1,4 +1,5 @@
 """The rig's own tests: only the real aws CLI, ssh and sshd, no project code."""
+
 from __future__ import annotations
 
 import json
@@ -8,37 +9,47 @@ import time
 from pathlib import Path
 
 import pytest
-
 from rig import Home, Rig
 
 REGION = "eu-west-1"
 PROFILE = "cloudX"
-PROXY = ("aws ssm start-session --target %h --document-name AWS-StartSSHSession "
-         f"--parameters portNumber=%p --region {REGION} --profile {PROFILE}")
+PROXY = (
+    "aws ssm start-session --target %h --document-name AWS-StartSSHSession "
+    f"--parameters portNumber=%p --region {REGION} --profile {PROFILE}"
+)
 TIMEOUT = 90
 
 
 def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=TIMEOUT,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
 
 
-def aws(rig: Rig, home: Home, *args: str, variant: str = "v1",
-        **env_extra: str) -> subprocess.CompletedProcess:
+def aws(rig: Rig, home: Home, *args: str, variant: str = "v1", **env_extra: str) -> subprocess.CompletedProcess:
     env = {**rig.env(home.path, variant), **env_extra}
     return run(["aws", *args, "--profile", home.profile, "--region", REGION], env)
 
 
 def push_key(rig: Rig, home: Home, iid: str, variant: str = "v1") -> None:
-    res = aws(rig, home, "ec2-instance-connect", "send-ssh-public-key", "--instance-id", iid,
-              "--instance-os-user", "ec2-user", "--ssh-public-key", f"file://{home.pub}",
-              variant=variant)
+    res = aws(
+        rig,
+        home,
+        "ec2-instance-connect",
+        "send-ssh-public-key",
+        "--instance-id",
+        iid,
+        "--instance-os-user",
+        "ec2-user",
+        "--ssh-public-key",
+        f"file://{home.pub}",
+        variant=variant,
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["Success"] is True
 
 
-def ssh(rig: Rig, home: Home, iid: str, *remote: str, variant: str = "v1",
-        **env_extra: str) -> subprocess.CompletedProcess:
+def ssh(
+    rig: Rig, home: Home, iid: str, *remote: str, variant: str = "v1", **env_extra: str
+) -> subprocess.CompletedProcess:
     env = {**rig.env(home.path, variant), **env_extra}
     return run(rig.ssh_argv(home, iid, PROXY, *remote), env)
 
@@ -49,10 +60,20 @@ def aws_error(code: str, operation: str) -> str:
 
 def state_of(rig: Rig, home: Home, iid: str, *states: str) -> str:
     """The state describe-instances shows (optionally filtered on instance-state-name)."""
-    filters = ["--filters", f"Name=instance-state-name,Values={','.join(states)}"] \
-        if states else []
-    res = aws(rig, home, "ec2", "describe-instances", "--instance-ids", iid, *filters,
-              "--query", "Reservations[0].Instances[0].State.Name", "--output", "text")
+    filters = ["--filters", f"Name=instance-state-name,Values={','.join(states)}"] if states else []
+    res = aws(
+        rig,
+        home,
+        "ec2",
+        "describe-instances",
+        "--instance-ids",
+        iid,
+        *filters,
+        "--query",
+        "Reservations[0].Instances[0].State.Name",
+        "--output",
+        "text",
+    )
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
 
@@ -111,23 +132,51 @@ def test_expired_key_is_refused(rig: Rig, home: Home) -> None:
 
 def test_start_session_on_stopped_instance(rig: Rig, home: Home) -> None:
     iid = rig.add_instance(state="stopped")
-    res = aws(rig, home, "ssm", "start-session", "--target", iid, "--document-name",
-              "AWS-StartSSHSession", "--parameters", "portNumber=22")
+    res = aws(
+        rig,
+        home,
+        "ssm",
+        "start-session",
+        "--target",
+        iid,
+        "--document-name",
+        "AWS-StartSSHSession",
+        "--parameters",
+        "portNumber=22",
+    )
     assert res.returncode == 255
-    assert f"{aws_error('TargetNotConnected', 'StartSession')}: {iid} is not connected." \
-        in res.stderr
+    assert f"{aws_error('TargetNotConnected', 'StartSession')}: {iid} is not connected." in res.stderr
     assert plugin_calls_for(rig, iid) == []
 
 
 def test_send_key_errors(rig: Rig, home: Home) -> None:
     iid = rig.add_instance(state="stopped")
-    res = aws(rig, home, "ec2-instance-connect", "send-ssh-public-key", "--instance-id", iid,
-              "--instance-os-user", "ec2-user", "--ssh-public-key", f"file://{home.pub}")
+    res = aws(
+        rig,
+        home,
+        "ec2-instance-connect",
+        "send-ssh-public-key",
+        "--instance-id",
+        iid,
+        "--instance-os-user",
+        "ec2-user",
+        "--ssh-public-key",
+        f"file://{home.pub}",
+    )
     assert res.returncode == 255
     assert aws_error("EC2InstanceStateInvalidException", "SendSSHPublicKey") in res.stderr
-    res = aws(rig, home, "ec2-instance-connect", "send-ssh-public-key", "--instance-id",
-              "i-0123456789abcdef0", "--instance-os-user", "ec2-user",
-              "--ssh-public-key", f"file://{home.pub}")
+    res = aws(
+        rig,
+        home,
+        "ec2-instance-connect",
+        "send-ssh-public-key",
+        "--instance-id",
+        "i-0123456789abcdef0",
+        "--instance-os-user",
+        "ec2-user",
+        "--ssh-public-key",
+        f"file://{home.pub}",
+    )
     assert res.returncode == 255
     assert aws_error("EC2InstanceNotFoundException", "SendSSHPublicKey") in res.stderr
 
@@ -139,11 +188,9 @@ def test_ssm_ping_status(rig: Rig, home: Home) -> None:
     stopped = rig.add_instance(state="stopped", ssh=False)
     late = rig.add_instance(ssh=False, online_delay=60)
     ids = [online, forced, stopped, late]
-    res = aws(rig, home, "ssm", "describe-instance-information", "--filters",
-              f"Key=InstanceIds,Values={','.join(ids)}")
+    res = aws(rig, home, "ssm", "describe-instance-information", "--filters", f"Key=InstanceIds,Values={','.join(ids)}")
     assert res.returncode == 0, res.stderr
-    got = {i["InstanceId"]: i["PingStatus"]
-           for i in json.loads(res.stdout)["InstanceInformationList"]}
+    got = {i["InstanceId"]: i["PingStatus"] for i in json.loads(res.stdout)["InstanceInformationList"]}
     assert got == {online: "Online", forced: "ConnectionLost", stopped: "ConnectionLost"}
 
 
@@ -156,8 +203,10 @@ def test_stopping_then_start_pending_then_running(rig: Rig, home: Home) -> None:
     assert state_of(rig, home, iid, "stopping", "running") == "stopping"
     res = aws(rig, home, "ec2", "start-instances", "--instance-ids", iid)
     assert res.returncode == 255
-    assert f"{aws_error('IncorrectInstanceState', 'StartInstances')}: The instance '{iid}' " \
-           "is not in a state from which it can be started." in res.stderr
+    assert (
+        f"{aws_error('IncorrectInstanceState', 'StartInstances')}: The instance '{iid}' "
+        "is not in a state from which it can be started." in res.stderr
+    )
     sleep_until(t0 + 4.1)
     assert state_of(rig, home, iid) == "stopped"
 
@@ -175,8 +224,16 @@ def test_stopping_then_start_pending_then_running(rig: Rig, home: Home) -> None:
 
 def test_flap_then_connect_refused(rig: Rig, home: Home) -> None:
     iid = rig.add_instance(ssh=False, flap=1)
-    args = ("ssm", "start-session", "--target", iid, "--document-name", "AWS-StartSSHSession",
-            "--parameters", "portNumber=22")
+    args = (
+        "ssm",
+        "start-session",
+        "--target",
+        iid,
+        "--document-name",
+        "AWS-StartSSHSession",
+        "--parameters",
+        "portNumber=22",
+    )
     res = aws(rig, home, *args)
     assert res.returncode == 255
     assert aws_error("TargetNotConnected", "StartSession") in res.stderr
@@ -189,22 +246,19 @@ def test_flap_then_connect_refused(rig: Rig, home: Home) -> None:
 
 
 def test_fault_injection(rig: Rig, home: Home) -> None:
-    rig.fault("DescribeInstances", "UnauthorizedOperation", "You are not authorized.",
-              status=403)
+    rig.fault("DescribeInstances", "UnauthorizedOperation", "You are not authorized.", status=403)
     rig.fault("GetCallerIdentity", "AccessDenied", "Nope.", status=403)
     rig.fault("DescribeInstanceInformation", "AccessDeniedException", "No SSM for you.")
     try:
         res = aws(rig, home, "ec2", "describe-instances")
         assert res.returncode == 255
-        assert f"{aws_error('UnauthorizedOperation', 'DescribeInstances')}: You are not " \
-               "authorized." in res.stderr
+        assert f"{aws_error('UnauthorizedOperation', 'DescribeInstances')}: You are not authorized." in res.stderr
         res = aws(rig, home, "sts", "get-caller-identity")
         assert res.returncode == 255
         assert f"{aws_error('AccessDenied', 'GetCallerIdentity')}: Nope." in res.stderr
         res = aws(rig, home, "ssm", "describe-instance-information")
         assert res.returncode == 255
-        assert f"{aws_error('AccessDeniedException', 'DescribeInstanceInformation')}: No SSM " \
-               "for you." in res.stderr
+        assert f"{aws_error('AccessDeniedException', 'DescribeInstanceInformation')}: No SSM for you." in res.stderr
         # count=1: the next call goes through; a delay-only fault just slows it.
         rig.fault("GetCallerIdentity", delay=1.0)
         t0 = time.monotonic()

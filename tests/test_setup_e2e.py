@@ -13,19 +13,40 @@ import pytest
 from rig import Home, Rig
 
 
-def setup(rig: Rig, home: Home, pyz: Path, *args: str, stdin: str | None = None, aws: str = "v1",
-          timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def setup(
+    rig: Rig, home: Home, pyz: Path, *args: str, stdin: str | None = None, aws: str = "v1", timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
     """Run `python pyz setup ARGS` with the rig's environment."""
-    return subprocess.run([sys.executable, str(pyz), "setup", *args], env=rig.env(home, aws), input=stdin,
-                          stdin=None if stdin is not None else subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(pyz), "setup", *args],
+        env=rig.env(home, aws),
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ssh_via_config(rig: Rig, home: Home, config: Path, host: str, *remote: str) -> subprocess.CompletedProcess[str]:
     """ssh HOST through the written config only (no multiplexing master left behind)."""
-    argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", f"UserKnownHostsFile={home.known_hosts}", "-o", "ControlMaster=no", "-o", "ControlPath=none",
-            host, *remote]
+    argv = [
+        "ssh",
+        "-F",
+        str(config),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        f"UserKnownHostsFile={home.known_hosts}",
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        "ControlPath=none",
+        host,
+        *remote,
+    ]
     return subprocess.run(argv, env=rig.env(home), capture_output=True, text=True, timeout=120)
 
 
@@ -54,8 +75,15 @@ def test_setup_then_ssh_through_the_written_config(rig: Rig, home: Home, pyz: Pa
     assert '"remote.SSH.configFile"' in res.stdout
     config = home.ssh_dir / "config"
     text = config.read_text()
-    assert "Host cloudX-*\n" in text and "Host cloudX-dev-*\n" in text and f"Host cloudX-dev-web\n    HostName {iid}\n" in text
-    assert f"ProxyCommand {sys.executable} {pyz} connect %h %p --profile cloudX --ssh-key cloudX --ssh-dir {home.ssh_dir}" in text
+    assert (
+        "Host cloudX-*\n" in text
+        and "Host cloudX-dev-*\n" in text
+        and f"Host cloudX-dev-web\n    HostName {iid}\n" in text
+    )
+    assert (
+        f"ProxyCommand {sys.executable} {pyz} connect %h %p --profile cloudX --ssh-key cloudX --ssh-dir {home.ssh_dir}"
+        in text
+    )
     assert mode(home.ssh_dir) == 0o700 and mode(config) == 0o600
     assert mode(home.key) == 0o600 and home.pub.read_text().startswith("ssh-ed25519 ")
     assert mode(home.path / ".ssh" / "control") == 0o700
@@ -74,7 +102,7 @@ def test_rerun_is_idempotent_and_foreign_lines_survive(rig: Rig, home: Home, pyz
     assert setup(rig, home, pyz, "--instance", "api", "--yes").returncode == 0
     first = (home.ssh_dir / "config").read_bytes()
     included = main.read_bytes().decode()
-    assert included == f"# mine\r\nInclude {home.ssh_dir / 'config'}\r\n\r\n" + original[len("# mine\r\n"):]
+    assert included == f"# mine\r\nInclude {home.ssh_dir / 'config'}\r\n\r\n" + original[len("# mine\r\n") :]
     assert (home.path / ".ssh" / "config.bak").read_bytes() == original.encode(), "backup of the original"
     res = setup(rig, home, pyz, "--instance", iid, "--hostname", "api", "--yes")
     assert res.returncode == 0, res.stderr
@@ -119,11 +147,18 @@ def test_instance_by_name_ambiguous_or_unknown(rig: Rig, home: Home, pyz: Path) 
     assert not (home.ssh_dir / "config").exists()
 
 
-@pytest.mark.parametrize("args", [
-    ["--instance", "i-123", "--yes"], ["--hostname", "a b", "--yes"], ["--environment", "dev;rm", "--yes"],
-    ["--ssh-host-prefix", "-x", "--yes"], ["--profile", "a/b", "--yes"], ["--ssh-dir", "/tmp/a\nb", "--yes"],
-    ["--ssh-config", '/tmp/"q"/config', "--yes"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--instance", "i-123", "--yes"],
+        ["--hostname", "a b", "--yes"],
+        ["--environment", "dev;rm", "--yes"],
+        ["--ssh-host-prefix", "-x", "--yes"],
+        ["--profile", "a/b", "--yes"],
+        ["--ssh-dir", "/tmp/a\nb", "--yes"],
+        ["--ssh-config", '/tmp/"q"/config', "--yes"],
+    ],
+)
 def test_bad_input_exits_2_and_writes_nothing(rig: Rig, home: Home, pyz: Path, args: list[str]) -> None:
     before = user_files(home)
     res = setup(rig, home, pyz, *args)
@@ -139,7 +174,8 @@ def test_environment_needed_for_a_role(rig: Rig, home: Home, pyz: Path, tmp_path
     iam.create_user(UserName="plainuser")
     key = iam.create_access_key(UserName="plainuser")["AccessKey"]
     (home.path / ".aws" / "credentials").write_text(
-        f"[cloudX]\naws_access_key_id = {key['AccessKeyId']}\naws_secret_access_key = {key['SecretAccessKey']}\n")
+        f"[cloudX]\naws_access_key_id = {key['AccessKeyId']}\naws_secret_access_key = {key['SecretAccessKey']}\n"
+    )
     iid = rig.add_instance()
     res = setup(rig, home, pyz, "--instance", iid, "--hostname", "x", "--yes")
     assert res.returncode == 2 and "pass --environment" in res.stderr

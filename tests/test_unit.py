@@ -23,8 +23,20 @@ def test_instance_id_accepted(value: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["", "i-", "i-123", "i-0123456789ABCDEF0", "i-0123456789abcdef", "i-0123456789abcdef01", "x-12345678",
-     " i-12345678", "i-12345678\n", "i-1234567g", "i-12345678;ls", "-i-12345678"],
+    [
+        "",
+        "i-",
+        "i-123",
+        "i-0123456789ABCDEF0",
+        "i-0123456789abcdef",
+        "i-0123456789abcdef01",
+        "x-12345678",
+        " i-12345678",
+        "i-12345678\n",
+        "i-1234567g",
+        "i-12345678;ls",
+        "-i-12345678",
+    ],
 )
 def test_instance_id_rejected(value: str) -> None:
     with pytest.raises(cp.CloudxError) as e:
@@ -51,8 +63,33 @@ def test_name_accepted(value: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["", "a b", "a'b", 'a"b', "a;b", "a|b", "a&b", "$(x)", "`x`", "a/b", "a\\b", "..", "a..b", "-x", "--help",
-     "a\nb", "a\tb", "a*b", "a?b", "~x", "a#b", "a<b", "a>b", "x" * 200, "é"],
+    [
+        "",
+        "a b",
+        "a'b",
+        'a"b',
+        "a;b",
+        "a|b",
+        "a&b",
+        "$(x)",
+        "`x`",
+        "a/b",
+        "a\\b",
+        "..",
+        "a..b",
+        "-x",
+        "--help",
+        "a\nb",
+        "a\tb",
+        "a*b",
+        "a?b",
+        "~x",
+        "a#b",
+        "a<b",
+        "a>b",
+        "x" * 200,
+        "é",
+    ],
 )
 def test_name_rejected(value: str) -> None:
     with pytest.raises(cp.CloudxError) as e:
@@ -98,7 +135,14 @@ def test_public_key_parsed_without_comment() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n", f"ssh-dss {KEY_B64}", "ssh-ed25519", f"ssh-ed25519 {KEY_B64}\nssh-rsa {KEY_B64}"]
+    "text",
+    [
+        "",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n",
+        f"ssh-dss {KEY_B64}",
+        "ssh-ed25519",
+        f"ssh-ed25519 {KEY_B64}\nssh-rsa {KEY_B64}",
+    ],
 )
 def test_public_key_rejected(text: str) -> None:
     with pytest.raises(cp.CloudxError):
@@ -117,7 +161,10 @@ def test_default_profile_and_key(tmp_path: Path) -> None:
 def test_resolve_region_order() -> None:
     section = {"region": "us-east-2"}
     assert cp.resolve_region("ap-south-1", {"AWS_REGION": "us-west-1"}, section) == ("ap-south-1", "--region")
-    assert cp.resolve_region(None, {"AWS_REGION": "us-west-1", "AWS_DEFAULT_REGION": "x"}, section) == ("us-west-1", "AWS_REGION")
+    assert cp.resolve_region(None, {"AWS_REGION": "us-west-1", "AWS_DEFAULT_REGION": "x"}, section) == (
+        "us-west-1",
+        "AWS_REGION",
+    )
     assert cp.resolve_region(None, {"AWS_DEFAULT_REGION": "ca-central-1"}, section)[0] == "ca-central-1"
     assert cp.resolve_region(None, {}, section) == ("us-east-2", "profile")
     assert cp.resolve_region(None, {}, None) == ("eu-west-1", "default")
@@ -146,21 +193,37 @@ def test_sso_token_expiry() -> None:
     assert cp.sso_token_expired({"expiresAt": "2026-06-01T11:00:00Z"}, now)
     assert cp.sso_token_expired(None, now)
     assert cp.sso_token_expired({}, now)
-    refreshable = {"expiresAt": "2026-06-01T11:00:00Z", "refreshToken": "r", "registrationExpiresAt": "2026-09-01T00:00:00Z"}
+    refreshable = {
+        "expiresAt": "2026-06-01T11:00:00Z",
+        "refreshToken": "r",
+        "registrationExpiresAt": "2026-09-01T00:00:00Z",
+    }
     assert not cp.sso_token_expired(refreshable, now)
     assert cp.sso_token_expired(dict(refreshable, registrationExpiresAt="2026-05-01T00:00:00Z"), now)
 
 
 def test_parse_aws_json() -> None:
-    described = {"Reservations": [{"Instances": [{"InstanceId": "i-other", "State": {"Name": "running"}},
-                                                 {"InstanceId": IID, "State": {"Code": 80, "Name": "stopped"}}]}]}
+    described = {
+        "Reservations": [
+            {
+                "Instances": [
+                    {"InstanceId": "i-other", "State": {"Name": "running"}},
+                    {"InstanceId": IID, "State": {"Code": 80, "Name": "stopped"}},
+                ]
+            }
+        ]
+    }
     assert cp.parse_instance_state(described, IID) == "stopped"
     assert cp.parse_instance_state({"Reservations": []}, IID) is None
     assert cp.parse_instance_state(None, IID) is None
     info = {"InstanceInformationList": [{"InstanceId": IID, "PingStatus": "Online"}]}
     assert cp.parse_ping_status(info, IID) == "Online"
     assert cp.parse_ping_status({"InstanceInformationList": []}, IID) == "NotRegistered"
-    started = {"StartingInstances": [{"InstanceId": IID, "CurrentState": {"Name": "pending"}, "PreviousState": {"Name": "stopped"}}]}
+    started = {
+        "StartingInstances": [
+            {"InstanceId": IID, "CurrentState": {"Name": "pending"}, "PreviousState": {"Name": "stopped"}}
+        ]
+    }
     assert cp.parse_previous_state(started) == "stopped"
 
 
@@ -173,9 +236,21 @@ def _err(code: str, op: str, msg: str = "boom") -> str:
     "stderr,needle,hint",
     [
         ("\nThe config profile (nope) could not be found\n", "profile 'p' not found", "aws configure --profile p"),
-        ("\nUnable to locate credentials. You can configure credentials by running \"aws configure\".\n", "no AWS credentials", "aws configure"),
-        ("\nError when retrieving token from sso: Token has expired and refresh failed\n", "SSO session", "aws sso login --profile p"),
-        ("\nThe SSO session associated with this profile has expired or is otherwise invalid.\n", "SSO session", "aws sso login --profile p"),
+        (
+            '\nUnable to locate credentials. You can configure credentials by running "aws configure".\n',
+            "no AWS credentials",
+            "aws configure",
+        ),
+        (
+            "\nError when retrieving token from sso: Token has expired and refresh failed\n",
+            "SSO session",
+            "aws sso login --profile p",
+        ),
+        (
+            "\nThe SSO session associated with this profile has expired or is otherwise invalid.\n",
+            "SSO session",
+            "aws sso login --profile p",
+        ),
         (_err("ExpiredToken", "DescribeInstances"), "have expired", "aws sso login"),
         (_err("AccessDeniedException", "SendSSHPublicKey"), "ec2-instance-connect:SendSSHPublicKey", "IAM"),
         (_err("UnauthorizedOperation", "StartInstances"), "ec2:StartInstances", "IAM"),
@@ -183,7 +258,7 @@ def _err(code: str, op: str, msg: str = "boom") -> str:
         (_err("InvalidInstanceID.NotFound", "DescribeInstances"), "not found in region r", "--region"),
         (_err("EC2InstanceNotFoundException", "SendSSHPublicKey"), "not found in region r", "--region"),
         (_err("ThrottlingException", "DescribeInstanceInformation"), "throttled", "again"),
-        ("\nCould not connect to the endpoint URL: \"https://ssm.r.amazonaws.com/\"\n", "cannot reach AWS", "network"),
+        ('\nCould not connect to the endpoint URL: "https://ssm.r.amazonaws.com/"\n', "cannot reach AWS", "network"),
         (_err("InvalidClientTokenId", "GetCallerIdentity"), "rejected the credentials", "get-caller-identity"),
     ],
 )
@@ -195,10 +270,17 @@ def test_classify_aws_error(stderr: str, needle: str, hint: str) -> None:
 
 
 def test_classify_keeps_the_aws_code() -> None:
-    err = cp.classify_aws_error(_err("EC2InstanceStateInvalidException", "SendSSHPublicKey", "not running"), "x", "p", "r")
+    err = cp.classify_aws_error(
+        _err("EC2InstanceStateInvalidException", "SendSSHPublicKey", "not running"), "x", "p", "r"
+    )
     assert err.code == "EC2InstanceStateInvalidException"
     assert "not running" in err.message
-    err = cp.classify_aws_error(_err("RequestLimitExceeded", "DescribeInstances") .replace("operation:", "operation (reached max retries: 4):"), "x", "p", "r")
+    err = cp.classify_aws_error(
+        _err("RequestLimitExceeded", "DescribeInstances").replace("operation:", "operation (reached max retries: 4):"),
+        "x",
+        "p",
+        "r",
+    )
     assert err.code == "RequestLimitExceeded"
 
 
@@ -283,8 +365,12 @@ def test_no_color_on_a_terminal_when_asked(tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
     runs = {
         "tty": subprocess.run(["script", "-qc", base, "/dev/null"], env=env, capture_output=True, text=True),
-        "NO_COLOR": subprocess.run(["script", "-qc", base, "/dev/null"], env=dict(env, NO_COLOR="1"), capture_output=True, text=True),
-        "--no-color": subprocess.run(["script", "-qc", base + " --no-color", "/dev/null"], env=env, capture_output=True, text=True),
+        "NO_COLOR": subprocess.run(
+            ["script", "-qc", base, "/dev/null"], env=dict(env, NO_COLOR="1"), capture_output=True, text=True
+        ),
+        "--no-color": subprocess.run(
+            ["script", "-qc", base + " --no-color", "/dev/null"], env=env, capture_output=True, text=True
+        ),
     }
     assert "\033[31merror" in runs["tty"].stdout
     assert "\033[" not in runs["NO_COLOR"].stdout and "error:" in runs["NO_COLOR"].stdout

@@ -3,6 +3,7 @@
 See docs/test-rig.md. Every process started here runs in its own session and is
 killed by process group in :meth:`Rig.close`.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, proc: subprocess.Popen | None = None,
-              timeout: float = START_TIMEOUT) -> None:
+def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = START_TIMEOUT) -> None:
     """Wait until 127.0.0.1:port accepts connections (or fail if proc died)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,11 +108,20 @@ class Rig:
         moto_port, ep_port = free_port(), free_port()
         self.moto_url = f"http://127.0.0.1:{moto_port}"
         self.endpoint_url = f"http://127.0.0.1:{ep_port}"
-        moto = self._spawn([PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                            str(moto_port)], "moto.log")
-        endpoint = self._spawn([PYTHON, str(HERE / "endpoint.py"), "--port", str(ep_port),
-                                "--moto-url", self.moto_url, "--state-dir", str(self.dir)],
-                               "endpoint.log")
+        moto = self._spawn([PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)], "moto.log")
+        endpoint = self._spawn(
+            [
+                PYTHON,
+                str(HERE / "endpoint.py"),
+                "--port",
+                str(ep_port),
+                "--moto-url",
+                self.moto_url,
+                "--state-dir",
+                str(self.dir),
+            ],
+            "endpoint.log",
+        )
         # sshd reads authorized keys as the login user, so they live in a dir
         # that user can reach (pytest's tmp dirs are 0700 root).
         self.keys_root = Path(tempfile.mkdtemp(prefix="cloudx-rig-keys-"))
@@ -149,10 +158,11 @@ class Rig:
         self.close()
 
     def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen:
-        log = open(self.dir / log_name, "ab")
+        log = open(self.dir / log_name, "ab")  # noqa: SIM115 - closed below once the child has it
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, cwd=self.dir)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=self.dir
+            )
         finally:
             log.close()
         self.procs.append(proc)
@@ -160,8 +170,7 @@ class Rig:
 
     def _prepare_host(self) -> None:
         if not self.host_key.exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                            str(self.host_key)], check=True)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)], check=True)
         if subprocess.run(["id", "-u", LOGIN_USER], capture_output=True).returncode != 0:
             subprocess.run(["useradd", "-m", "-s", "/bin/sh", LOGIN_USER], check=True)
         # With UsePAM no, sshd refuses accounts whose password starts with "!" (locked).
@@ -178,8 +187,10 @@ class Rig:
             return
         self.v2_bin_dir.mkdir(exist_ok=True)
         wrapper = self.v2_bin_dir / "aws"
-        wrapper.write_text('#!/bin/sh\n# aws CLI v2 2.9 ignores AWS_ENDPOINT_URL.\n'
-                           f'exec {SYSTEM_AWS} --endpoint-url "$AWS_ENDPOINT_URL" "$@"\n')
+        wrapper.write_text(
+            "#!/bin/sh\n# aws CLI v2 2.9 ignores AWS_ENDPOINT_URL.\n"
+            f'exec {SYSTEM_AWS} --endpoint-url "$AWS_ENDPOINT_URL" "$@"\n'
+        )
         wrapper.chmod(0o755)
         self.aws_v2 = str(wrapper)
 
@@ -205,8 +216,14 @@ class Rig:
             "RIG_PLUGIN_LOG": str(self.plugin_log),
         }
 
-    def make_home(self, home: Path, profile: str = "cloudX", region: str | None = "eu-west-1",
-                  ssh_dir: str = "cloudX", key: str = "cloudX") -> Home:
+    def make_home(
+        self,
+        home: Path,
+        profile: str = "cloudX",
+        region: str | None = "eu-west-1",
+        ssh_dir: str = "cloudX",
+        key: str = "cloudX",
+    ) -> Home:
         """Write ~/.aws config + credentials (a moto IAM key) and an ed25519 key pair."""
         home = Path(home)
         aws_dir = home / ".aws"
@@ -214,8 +231,10 @@ class Rig:
         akid, secret = self._iam_access_key()
         section = "default" if profile == "default" else f"profile {profile}"
         config = f"[{section}]\n" + (f"region = {region}\n" if region else "")
-        for name, text in (("config", config), ("credentials", f"[{profile}]\naws_access_key_id"
-                           f" = {akid}\naws_secret_access_key = {secret}\n")):
+        for name, text in (
+            ("config", config),
+            ("credentials", f"[{profile}]\naws_access_key_id = {akid}\naws_secret_access_key = {secret}\n"),
+        ):
             (aws_dir / name).write_text(text)
             (aws_dir / name).chmod(0o600)
         kdir = home / ".ssh" / ssh_dir
@@ -224,10 +243,18 @@ class Rig:
         kdir.chmod(0o700)
         keyfile = kdir / key
         if not keyfile.exists():
-            subprocess.run(["ssh-keygen", "-t", "ed25519", "-N", "", "-q", "-C",
-                            f"{profile}@rig", "-f", str(keyfile)], check=True)
-        return Home(path=home, ssh_dir=kdir, key=keyfile, pub=Path(f"{keyfile}.pub"),
-                    profile=profile, region=region, known_hosts=home / ".ssh" / "known_hosts")
+            subprocess.run(
+                ["ssh-keygen", "-t", "ed25519", "-N", "", "-q", "-C", f"{profile}@rig", "-f", str(keyfile)], check=True
+            )
+        return Home(
+            path=home,
+            ssh_dir=kdir,
+            key=keyfile,
+            pub=Path(f"{keyfile}.pub"),
+            profile=profile,
+            region=region,
+            known_hosts=home / ".ssh" / "known_hosts",
+        )
 
     def _iam_access_key(self) -> tuple[str, str]:
         iam = self.moto_client("iam")
@@ -247,22 +274,29 @@ class Rig:
         """A boto3 client talking to moto directly (not logged by the endpoint)."""
         key = (service, region)
         if key not in self._clients:
-            self._clients[key] = boto3.client(service, endpoint_url=self.moto_url,
-                                              region_name=region, **FAKE_CREDS)
+            self._clients[key] = boto3.client(service, endpoint_url=self.moto_url, region_name=region, **FAKE_CREDS)
         return self._clients[key]
 
-    def add_instance(self, state: str = "running", region: str = "eu-west-1",
-                     tags: dict | None = None, ssh: bool = True, **knobs: Any) -> str:
+    def add_instance(
+        self,
+        state: str = "running",
+        region: str = "eu-west-1",
+        tags: dict | None = None,
+        ssh: bool = True,
+        **knobs: Any,
+    ) -> str:
         """Create an instance in moto (running or stopped), its sshd, and register it."""
         if state not in ("running", "stopped"):
             raise ValueError("state must be 'running' or 'stopped'")
         ec2 = self.moto_client("ec2", region)
         kw: dict[str, Any] = {}
         if tags:
-            kw["TagSpecifications"] = [{"ResourceType": "instance", "Tags": [
-                {"Key": k, "Value": str(v)} for k, v in tags.items()]}]
-        iid = ec2.run_instances(ImageId=AMI_ID, MinCount=1, MaxCount=1,
-                                InstanceType="t3.micro", **kw)["Instances"][0]["InstanceId"]
+            kw["TagSpecifications"] = [
+                {"ResourceType": "instance", "Tags": [{"Key": k, "Value": str(v)} for k, v in tags.items()]}
+            ]
+        iid = ec2.run_instances(ImageId=AMI_ID, MinCount=1, MaxCount=1, InstanceType="t3.micro", **kw)["Instances"][0][
+            "InstanceId"
+        ]
         if state == "stopped":
             ec2.stop_instances(InstanceIds=[iid])
         reg: dict[str, Any] = {"instance_id": iid, "region": region, "state": state}
@@ -279,13 +313,28 @@ class Rig:
         keys_dir.mkdir(mode=0o755)
         port = free_port()
         cfg = self.dir / f"sshd-{iid}.conf"
-        cfg.write_text("\n".join([
-            f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
-            f"PidFile {self.dir / f'sshd-{iid}.pid'}", f"AuthorizedKeysFile {keys_dir}/%u",
-            "UsePAM no", "StrictModes no",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PubkeyAuthentication yes", f"AllowUsers {LOGIN_USER}", "PrintMotd no",
-            "UseDNS no", "LogLevel VERBOSE", f"Subsystem sftp {SFTP_SERVER}", ""]))
+        cfg.write_text(
+            "\n".join(
+                [
+                    f"Port {port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {self.dir / f'sshd-{iid}.pid'}",
+                    f"AuthorizedKeysFile {keys_dir}/%u",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    f"AllowUsers {LOGIN_USER}",
+                    "PrintMotd no",
+                    "UseDNS no",
+                    "LogLevel VERBOSE",
+                    f"Subsystem sftp {SFTP_SERVER}",
+                    "",
+                ]
+            )
+        )
         proc = self._spawn([SSHD, "-D", "-e", "-f", str(cfg)], f"sshd-{iid}.log")
         self.sshd[iid] = proc
         wait_port(port, proc)
@@ -307,16 +356,20 @@ class Rig:
     # --- endpoint control ----------------------------------------------------------
     def _control(self, path: str, data: dict | None = None, method: str = "POST") -> Any:
         body = None if method == "GET" else json.dumps(data or {}).encode()
-        req = urllib.request.Request(self.endpoint_url + path, data=body, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.endpoint_url + path, data=body, method=method, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read())
 
-    def fault(self, action: str, code: str = "", message: str = "", status: int = 400,
-              count: int = 1, delay: float = 0) -> None:
+    def fault(
+        self, action: str, code: str = "", message: str = "", status: int = 400, count: int = 1, delay: float = 0
+    ) -> None:
         """Make the next `count` calls of `action` fail with `code` (and/or be delayed)."""
-        self._control("/_rig/fault", {"action": action, "code": code, "message": message,
-                                      "status": status, "count": count, "delay": delay})
+        self._control(
+            "/_rig/fault",
+            {"action": action, "code": code, "message": message, "status": status, "count": count, "delay": delay},
+        )
 
     def clear_faults(self) -> None:
         self._control("/_rig/fault/clear")
@@ -343,14 +396,36 @@ class Rig:
         self.plugin_log.unlink(missing_ok=True)
 
     # --- ssh -------------------------------------------------------------------------
-    def ssh_argv(self, home: Home, host: str, proxy_command: str, *remote: str,
-                 extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    def ssh_argv(
+        self, home: Home, host: str, proxy_command: str, *remote: str, extra: list[str] | tuple[str, ...] = ()
+    ) -> list[str]:
         """An ssh command line that uses only -o options (no config files)."""
-        return ["ssh", "-F", "/dev/null", "-o", f"ProxyCommand={proxy_command}",
-                "-o", f"User={LOGIN_USER}", "-o", f"IdentityFile={home.key}",
-                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={home.known_hosts}",
-                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=60", *extra, host, *remote]
+        return [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-o",
+            f"ProxyCommand={proxy_command}",
+            "-o",
+            f"User={LOGIN_USER}",
+            "-o",
+            f"IdentityFile={home.key}",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            f"UserKnownHostsFile={home.known_hosts}",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=60",
+            *extra,
+            host,
+            *remote,
+        ]
 
 
 def have_prerequisites() -> str | None:

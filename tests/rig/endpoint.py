@@ -3,6 +3,7 @@
 Run as ``python endpoint.py --port P --moto-url http://127.0.0.1:M --state-dir DIR``.
 Standard library only. See docs/test-rig.md for the control API (``/_rig/...``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,16 +24,28 @@ import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48,
-               "stopping": 64, "stopped": 80}
+STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
 KEY_PREFIXES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-")
 INSTANCE_DEFAULTS: dict[str, Any] = {
-    "region": "eu-west-1", "ssh_port": None, "keys_dir": None, "pending_seconds": 0.0,
-    "online_delay": 0.0, "ssm": None, "flap": 0,
+    "region": "eu-west-1",
+    "ssh_port": None,
+    "keys_dir": None,
+    "pending_seconds": 0.0,
+    "online_delay": 0.0,
+    "ssm": None,
+    "flap": 0,
 }
 CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/[^/]+/([^/]+)/([^/]+)/aws4_request")
-HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "te",
-               "upgrade", "proxy-connection", "trailer"}
+HOP_HEADERS = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "te",
+    "upgrade",
+    "proxy-connection",
+    "trailer",
+}
 
 
 class AwsError(Exception):
@@ -52,7 +65,7 @@ class State:
         self.state_dir = state_dir
         self.log: list[dict[str, Any]] = []
         self.instances: dict[str, dict[str, Any]] = {}
-        self.stopping: dict[str, float] = {}       # instance id -> overlay end time
+        self.stopping: dict[str, float] = {}  # instance id -> overlay end time
         self.faults: dict[str, list[dict[str, Any]]] = {}
         self.knobs: dict[str, Any] = {"key_ttl": 60.0}
         # A port bound but never listening: connecting to it is refused.
@@ -61,8 +74,9 @@ class State:
         self.dead_port = self.dead_sock.getsockname()[1]
 
     # --- moto access -------------------------------------------------------
-    def moto_request(self, method: str, path: str, headers: dict[str, str],
-                     body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def moto_request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(self.moto.hostname, self.moto.port, timeout=60)
         try:
             conn.request(method, path, body=body, headers=headers)
@@ -75,14 +89,15 @@ class State:
         body = urllib.parse.urlencode({"Action": action, "Version": "2016-11-15", **params})
         headers = {
             "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20240101/"
-                             f"{region}/ec2/aws4_request, SignedHeaders=host, Signature=0",
+            f"{region}/ec2/aws4_request, SignedHeaders=host, Signature=0",
             "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
         }
         status, _, data = self.moto_request("POST", "/", headers, body.encode())
         root = ET.fromstring(data)
         if status >= 400:
-            raise AwsError(_find_text(root, "Code") or "InternalError",
-                           _find_text(root, "Message") or "moto error", status)
+            raise AwsError(
+                _find_text(root, "Code") or "InternalError", _find_text(root, "Message") or "moto error", status
+            )
         return root
 
     def moto_states(self, region: str, ids: list[str]) -> dict[str, str]:
@@ -90,31 +105,35 @@ class State:
         if not ids:
             return {}
         try:
-            root = self.moto_ec2(region, "DescribeInstances",
-                                 {f"InstanceId.{n}": i for n, i in enumerate(ids, 1)})
+            root = self.moto_ec2(region, "DescribeInstances", {f"InstanceId.{n}": i for n, i in enumerate(ids, 1)})
         except AwsError:  # some id unknown: ask one by one
             if len(ids) == 1:
                 return {}
             return {k: v for i in ids for k, v in self.moto_states(region, [i]).items()}
-        return {_child_text(item, "instanceId") or "":
-                _child_text(_child(item, "instanceState"), "name") or ""
-                for item in _instance_items(root) if _child(item, "instanceState") is not None}
+        return {
+            _child_text(item, "instanceId") or "": _child_text(_child(item, "instanceState"), "name") or ""
+            for item in _instance_items(root)
+            if _child(item, "instanceState") is not None
+        }
 
     def moto_state(self, region: str, instance_id: str) -> str | None:
         """moto's state name for an instance, or None if moto does not know it."""
         return self.moto_states(region, [instance_id]).get(instance_id)
 
     # --- effective state ---------------------------------------------------
-    def effective_state(self, instance_id: str, moto_state: str | None,
-                        now: float | None = None) -> str | None:
+    def effective_state(self, instance_id: str, moto_state: str | None, now: float | None = None) -> str | None:
         now = time.time() if now is None else now
         with self.lock:
             if self.stopping.get(instance_id, 0) > now:
                 return "stopping"
             inst = self.instances.get(instance_id)
-            if moto_state == "running" and inst and inst.get("started_at") is not None:
-                if now < inst["started_at"] + float(inst["pending_seconds"] or 0):
-                    return "pending"
+            pending_until = (
+                inst["started_at"] + float(inst["pending_seconds"] or 0)
+                if inst and inst.get("started_at") is not None
+                else 0.0
+            )
+            if moto_state == "running" and now < pending_until:
+                return "pending"
             return moto_state
 
     def ping_status(self, instance_id: str, state: str | None, now: float) -> str | None:
@@ -179,9 +198,12 @@ def _serialize(root: ET.Element) -> bytes:
 def ec2_error_body(code: str, message: str) -> bytes:
     def esc(s: str) -> str:
         return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{esc(code)}'
-            f"</Code><Message>{esc(message)}</Message></Error></Errors>"
-            f"<RequestID>{uuid.uuid4()}</RequestID></Response>").encode()
+
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{esc(code)}'
+        f"</Code><Message>{esc(message)}</Message></Error></Errors>"
+        f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
+    ).encode()
 
 
 def _query_instance_ids(form: dict[str, list[str]]) -> list[str]:
@@ -194,8 +216,7 @@ def _query_instance_ids(form: dict[str, list[str]]) -> list[str]:
     return ids
 
 
-def _split_state_filter(form: dict[str, list[str]],
-                        body: bytes) -> tuple[bytes, set[str] | None]:
+def _split_state_filter(form: dict[str, list[str]], body: bytes) -> tuple[bytes, set[str] | None]:
     """Take instance-state-name filters out of an EC2 query; renumber the others."""
     filters: dict[int, dict[str, Any]] = {}
     rest: list[tuple[str, str]] = []
@@ -279,8 +300,9 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(n) if n else b""
 
-    def _send(self, status: int, body: bytes, ctype: str = "application/json",
-              headers: list[tuple[str, str]] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, ctype: str = "application/json", headers: list[tuple[str, str]] | None = None
+    ) -> None:
         self.send_response(status)
         sent = set()
         for k, v in headers or []:
@@ -327,21 +349,20 @@ class Handler(BaseHTTPRequestHandler):
                 iid = data["instance_id"]
                 inst = st.instances.get(iid)
                 if inst is None:
-                    inst = st.instances[iid] = dict(INSTANCE_DEFAULTS, started_at=None,
-                                                    was_online=False)
+                    inst = st.instances[iid] = dict(INSTANCE_DEFAULTS, started_at=None, was_online=False)
                     state = data.get("state", "running")
                     if state == "running":
                         inst["started_at"] = time.time()
                     elif state == "stopped":
-                        inst["was_online"] = True   # it ran before it was stopped
+                        inst["was_online"] = True  # it ran before it was stopped
                 if data.get("started_now"):  # e.g. after a start straight through moto
                     now = time.time()
                     inst["was_online"] = inst["was_online"] or bool(
                         inst.get("started_at") is not None
-                        and now >= inst["started_at"] + float(inst["online_delay"] or 0))
+                        and now >= inst["started_at"] + float(inst["online_delay"] or 0)
+                    )
                     inst["started_at"] = now
-                inst.update({k: v for k, v in data.items()
-                             if k not in ("instance_id", "state", "started_now")})
+                inst.update({k: v for k, v in data.items() if k not in ("instance_id", "state", "started_now")})
             elif path == "/_rig/stopping":
                 iid = data["instance_id"]
                 inst = st.instances.get(iid, {})
@@ -349,23 +370,27 @@ class Handler(BaseHTTPRequestHandler):
                 st.moto_ec2(region, "StopInstances", {"InstanceId.1": iid})
                 st.stopping[iid] = time.time() + float(data.get("seconds", 0))
                 if inst:
-                    inst["was_online"] = inst["was_online"] or st.ping_status(
-                        iid, "running", time.time()) == "Online"
+                    inst["was_online"] = inst["was_online"] or st.ping_status(iid, "running", time.time()) == "Online"
             elif path == "/_rig/fault":
-                st.faults.setdefault(data["action"], []).append({
-                    "code": data.get("code") or "", "message": data.get("message") or "",
-                    "status": int(data.get("status") or 400), "count": int(data.get("count", 1)),
-                    "delay": float(data.get("delay") or 0)})
+                st.faults.setdefault(data["action"], []).append(
+                    {
+                        "code": data.get("code") or "",
+                        "message": data.get("message") or "",
+                        "status": int(data.get("status") or 400),
+                        "count": int(data.get("count", 1)),
+                        "delay": float(data.get("delay") or 0),
+                    }
+                )
             elif path == "/_rig/fault/clear":
                 st.faults.clear()
             elif path == "/_rig/knobs":
                 st.knobs.update(data)
             elif path == "/_rig/state":
-                return self._json(200, {"instances": st.instances, "knobs": st.knobs,
-                                        "stopping": st.stopping}, "application/json")
+                return self._json(
+                    200, {"instances": st.instances, "knobs": st.knobs, "stopping": st.stopping}, "application/json"
+                )
             else:
-                return self._json(404, {"error": f"unknown control path {path}"},
-                                  "application/json")
+                return self._json(404, {"error": f"unknown control path {path}"}, "application/json")
         self._json(200, {"ok": True}, "application/json")
 
     # --- AWS requests ------------------------------------------------------
@@ -391,8 +416,16 @@ class Handler(BaseHTTPRequestHandler):
             action = (form.get("Action") or [""])[0]
             ids = _query_instance_ids(form)
         with st.lock:
-            st.log.append({"t": time.time(), "service": service, "action": action,
-                           "instance_ids": ids, "access_key": access_key})
+            st.log.append(
+                {
+                    "t": time.time(),
+                    "service": service,
+                    "action": action,
+                    "instance_ids": ids,
+                    "access_key": access_key,
+                    "user_agent": self.headers.get("User-Agent", "")[:200],
+                }
+            )
         xml_errors = not target and "form-urlencoded" in self.headers.get("Content-Type", "")
         try:
             self._maybe_fault(action)
@@ -420,8 +453,7 @@ class Handler(BaseHTTPRequestHandler):
             if fault["code"]:
                 raise AwsError(fault["code"], fault["message"] or fault["code"], fault["status"])
 
-    def _forward(self, body: bytes, region: str, action: str,
-                 form: dict[str, list[str]]) -> None:
+    def _forward(self, body: bytes, region: str, action: str, form: dict[str, list[str]]) -> None:
         st = self.st
         if action == "StartInstances":
             now = time.time()
@@ -429,16 +461,17 @@ class Handler(BaseHTTPRequestHandler):
                 # moto would restart a terminated instance; AWS refuses, as it
                 # does while the instance is still stopping.
                 if st.stopping.get(iid, 0) > now or st.moto_state(region, iid) in ("terminated", "shutting-down"):
-                    raise AwsError("IncorrectInstanceState", f"The instance '{iid}' is not in "
-                                   "a state from which it can be started.")
+                    raise AwsError(
+                        "IncorrectInstanceState",
+                        f"The instance '{iid}' is not in a state from which it can be started.",
+                    )
         states: set[str] | None = None
         if action == "DescribeInstances" and self.command == "POST":
             # moto would filter on its own state; filter on the effective one instead.
             body, states = _split_state_filter(form, body)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
         status, rheaders, data = st.moto_request(self.command, self.path, headers, body)
-        if status < 300 and action in ("DescribeInstances", "DescribeInstanceStatus",
-                                       "StartInstances"):
+        if status < 300 and action in ("DescribeInstances", "DescribeInstanceStatus", "StartInstances"):
             data = self._rewrite(data, action, states)
         self._send(status, data, headers=rheaders)
 
@@ -458,8 +491,9 @@ class Handler(BaseHTTPRequestHandler):
                     inst = st.instances.get(iid)
                     if inst is not None and prev != "running":
                         inst["was_online"] = inst["was_online"] or bool(
-                            inst.get("started_at") is not None and now >= inst["started_at"]
-                            + float(inst["online_delay"] or 0))
+                            inst.get("started_at") is not None
+                            and now >= inst["started_at"] + float(inst["online_delay"] or 0)
+                        )
                         inst["started_at"] = now
                 if inst is not None:
                     cur = _child(item, "currentState")
@@ -486,22 +520,35 @@ class Handler(BaseHTTPRequestHandler):
             if f.get("key") == "InstanceIds" or f.get("key") == "instanceIds":
                 wanted = set(f.get("valueSet") or [])
         with st.lock:
-            candidates = [(iid, dict(i)) for iid, i in st.instances.items()
-                          if i["region"] == region and (wanted is None or iid in wanted)]
+            candidates = [
+                (iid, dict(i))
+                for iid, i in st.instances.items()
+                if i["region"] == region and (wanted is None or iid in wanted)
+            ]
         out = []
         moto = st.moto_states(region, [iid for iid, _ in candidates])
-        for iid, inst in candidates:
+        for iid, _inst in candidates:
             now = time.time()
             state = st.effective_state(iid, moto.get(iid), now)
             with st.lock:
                 ping = st.ping_status(iid, state, now)
             if ping is None:
                 continue
-            out.append({"InstanceId": iid, "PingStatus": ping, "LastPingDateTime": now,
-                        "AgentVersion": "3.3.0.0", "IsLatestVersion": True,
-                        "PlatformType": "Linux", "PlatformName": "Amazon Linux",
-                        "PlatformVersion": "2023", "ResourceType": "EC2Instance",
-                        "ComputerName": "ip-10-0-0-1", "IPAddress": "10.0.0.1"})
+            out.append(
+                {
+                    "InstanceId": iid,
+                    "PingStatus": ping,
+                    "LastPingDateTime": now,
+                    "AgentVersion": "3.3.0.0",
+                    "IsLatestVersion": True,
+                    "PlatformType": "Linux",
+                    "PlatformName": "Amazon Linux",
+                    "PlatformVersion": "2023",
+                    "ResourceType": "EC2Instance",
+                    "ComputerName": "ip-10-0-0-1",
+                    "IPAddress": "10.0.0.1",
+                }
+            )
         self._json(200, {"InstanceInformationList": out})
 
     def _h_ssm_StartSession(self, region: str, body: dict, access_key: str) -> None:
@@ -522,22 +569,24 @@ class Handler(BaseHTTPRequestHandler):
                 raise not_connected
         doc = body.get("DocumentName")
         if doc != "AWS-StartSSHSession":
-            raise AwsError("InvalidDocument", f"Document {doc} does not exist or is not "
-                           "supported by the rig.")
+            raise AwsError("InvalidDocument", f"Document {doc} does not exist or is not supported by the rig.")
         port = str(((body.get("Parameters") or {}).get("portNumber") or ["22"])[0])
         mapped = inst["ssh_port"] if port == "22" and inst.get("ssh_port") else st.dead_port
         sid = f"{access_key or 'rig'}-{secrets.token_hex(8)}"
-        self._json(200, {
-            "SessionId": sid, "TokenValue": secrets.token_urlsafe(32),
-            "StreamUrl": f"wss://127.0.0.1:{mapped}/v1/data-channel/{sid}"
-                         "?role=publish_subscribe"})
+        self._json(
+            200,
+            {
+                "SessionId": sid,
+                "TokenValue": secrets.token_urlsafe(32),
+                "StreamUrl": f"wss://127.0.0.1:{mapped}/v1/data-channel/{sid}?role=publish_subscribe",
+            },
+        )
 
     def _h_ssm_TerminateSession(self, _region: str, body: dict, _ak: str) -> None:
         self._json(200, {"SessionId": body.get("SessionId", "")})
 
     # --- EC2 Instance Connect ---------------------------------------------
-    def _h_ec2_instance_connect_SendSSHPublicKey(self, region: str, body: dict,
-                                                 _ak: str) -> None:
+    def _h_ec2_instance_connect_SendSSHPublicKey(self, region: str, body: dict, _ak: str) -> None:
         st = self.st
         iid = str(body.get("InstanceId") or "")
         user = str(body.get("InstanceOSUser") or "")
@@ -546,8 +595,9 @@ class Handler(BaseHTTPRequestHandler):
         if moto is None:
             raise AwsError("EC2InstanceNotFoundException", f"Instance {iid} not found.")
         if st.effective_state(iid, moto) != "running":
-            raise AwsError("EC2InstanceStateInvalidException",
-                           f"Instance {iid} is not in a valid state for this operation.")
+            raise AwsError(
+                "EC2InstanceStateInvalidException", f"Instance {iid} is not in a valid state for this operation."
+            )
         if not key.startswith(KEY_PREFIXES) or "\n" in key:
             raise AwsError("InvalidArgsException", "The public key is not a valid SSH key.")
         if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", user):

@@ -9,6 +9,7 @@ Env knobs: RIG_PLUGIN_VERSION (reported by --version), RIG_PLUGIN_LOG (JSON line
 RIG_PLUGIN_MODE ("early": fail before connecting; "mid": fail after 2000 bytes).
 Standard library only; runs under ``python -S``.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,9 +68,18 @@ def session(argv: list[str]) -> None:
         form, response = "arg", json.loads(first)
     params = json.loads(params_json or "{}")
     port_number = ((params.get("Parameters") or {}).get("portNumber") or [None])[0]
-    _log({"pid": os.getpid(), "form": form, "target": params.get("Target"),
-          "portNumber": port_number, "region": region, "profile": profile,
-          "endpoint": endpoint, "session_id": response.get("SessionId")})
+    _log(
+        {
+            "pid": os.getpid(),
+            "form": form,
+            "target": params.get("Target"),
+            "portNumber": port_number,
+            "region": region,
+            "profile": profile,
+            "endpoint": endpoint,
+            "session_id": response.get("SessionId"),
+        }
+    )
     mode = os.environ.get("RIG_PLUGIN_MODE", "")
     if mode == "early":
         _fail("Cannot perform start session: EOF")
@@ -87,7 +97,7 @@ def session(argv: list[str]) -> None:
             if not data:
                 break
             if mode == "mid" and sent + len(data) >= MID_LIMIT:
-                _write_all(1, data[:MID_LIMIT - sent])
+                _write_all(1, data[: MID_LIMIT - sent])
                 _fail("Cannot perform start session: websocket: close 1006 (abnormal closure)")
             _write_all(1, data)
             sent += len(data)
@@ -99,8 +109,7 @@ def session(argv: list[str]) -> None:
 def main() -> None:
     args = sys.argv[1:]
     if not args:
-        print("The Session Manager plugin was installed successfully. "
-              "Use the AWS CLI to start a session.")
+        print("The Session Manager plugin was installed successfully. Use the AWS CLI to start a session.")
         return
     if args[0] == "--version":
         print(os.environ.get("RIG_PLUGIN_VERSION") or "1.2.707.0")

@@ -1413,6 +1413,183 @@ class PushCache:
             pass
 
 
+# --- the session, started early and held at a gate ---------------------------
+# The aws process that carries the session spends most of its ~0.7 s start-up
+# importing. It is started while the key push and the SSM check run, with its
+# input (target, document, port) read from a FIFO: it blocks there until the
+# checks pass, then calls StartSession at once. Writing to the FIFO is the
+# "go"; killing the waiting process is the "no go".
+GATED_SESSION_SH = r"""
+exec 3<&0
+"$@" <&3 3<&- 4<&- &
+pid=$!
+exec 3<&-
+echo "$pid" > "$CLOUDX_PROXY_GATE.pid.tmp" && mv -f "$CLOUDX_PROXY_GATE.pid.tmp" "$CLOUDX_PROXY_GATE.pid"
+hup=
+trap 'hup=1; kill "$pid" 2>/dev/null' HUP INT TERM
+wait "$pid"
+rc=$?
+[ -z "$hup" ] || rc=0  # ssh hangs up when it is done with the session
+cat <&4 >/dev/null
+if [ -f "$CLOUDX_PROXY_GATE.exit" ]; then rc=$(cat "$CLOUDX_PROXY_GATE.exit"); fi
+rm -f -- "$CLOUDX_PROXY_GATE" "$CLOUDX_PROXY_GATE.pid" "$CLOUDX_PROXY_GATE.exit"
+[ "$rc" -eq 0 ] || rm -f -- "$CLOUDX_PROXY_PUSH_RECORD"
+exit "$rc"
+"""
+STALE_GATE_SECONDS = 3600.0
+
+
+def gated_session_argv(aws: str, fifo: str, profile: str, region: str) -> list[str]:
+    """start-session reading target, document and port from a file (the gate's FIFO)."""
+    return [aws, "ssm", "start-session", "--cli-input-json", "file://" + fifo, *aws_base_args(profile, region)]
+
+
+def session_input(instance_id: str, port: int) -> bytes:
+    """The --cli-input-json of the SSH session."""
+    return json.dumps(
+        {"Target": instance_id, "DocumentName": SSM_DOCUMENT, "Parameters": {"portNumber": [str(port)]}}
+    ).encode()
+
+
+class SessionGate:
+    """An aws start-session process waiting to read its input from a FIFO."""
+
+    def __init__(self, fifo: str, data: bytes, alive: Callable[[], bool], stop: Callable[[], None]):
+        self.fifo, self.data, self.alive, self._stop = fifo, data, alive, stop
+        self.released = False
+
+    def release(self, deadline: float) -> None:
+        """Let the session start: hand it its input once it opens the FIFO.
+
+        A regular file with the same input replaces the FIFO before the write
+        end closes, because aws CLI v1 opens --cli-input-json twice.
+        """
+        import errno
+
+        while True:
+            try:
+                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as e:
+                if e.errno != errno.ENXIO:
+                    raise
+            if not self.alive() or time.monotonic() > deadline:
+                raise CloudxError("the aws session process ended before the session started", "run with -v")
+            time.sleep(0.005)
+        try:
+            atomic_write_bytes(self.fifo + ".ready", self.data, 0o600)
+            os.write(fd, self.data)
+            os.replace(self.fifo + ".ready", self.fifo)
+        finally:
+            os.close(fd)
+        self.released = True
+
+    def cancel(self) -> None:
+        """Stop the waiting aws process (no session) and remove the gate's files."""
+        if not self.released:
+            self._stop()
+        for path in (self.fifo, self.fifo + ".ready"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def make_gate_fifo(cache: str) -> str:
+    """A new FIFO in our 0700 cache dir (and old gates of killed connects removed)."""
+    ensure_private_dir(cache)
+    now = time.time()
+    for name in os.listdir(cache):
+        if name.startswith("gate-"):
+            path = os.path.join(cache, name)
+            try:
+                if now - os.lstat(path).st_mtime > STALE_GATE_SECONDS:
+                    os.unlink(path)
+            except OSError:
+                pass
+    fifo = os.path.join(cache, f"gate-{os.getpid()}-{time.monotonic_ns()}")
+    os.mkfifo(fifo, 0o600)
+    return fifo
+
+
+def can_gate() -> bool:
+    """FIFOs and fork: POSIX only (Windows runs the checks, then the session)."""
+    return os.name != "nt" and hasattr(os, "mkfifo") and hasattr(os, "fork")
+
+
+def exec_gated_session(plan: ConnectPlan, aws: str, cache: PushCache) -> SessionGate | None:
+    """Fork: this process becomes the waiting session (sh + aws); the child returns and runs the checks.
+
+    ssh keeps talking to this process's pid, so it stays the session's parent;
+    a pipe tells its sh when the checker has exited, and a file its verdict.
+    """
+    try:
+        fifo = make_gate_fifo(plan.cache)
+    except OSError as e:
+        debug(f"no early session ({e}); running the checks first")
+        return None
+    argv = gated_session_argv(aws, fifo, plan.profile, plan.region)
+    env = dict(plan.env, CLOUDX_PROXY_GATE=fifo, CLOUDX_PROXY_PUSH_RECORD=cache.path)
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.fork() != 0:
+        try:
+            os.dup2(read_end, 4)
+            os.execve("/bin/sh", ["sh", "-c", GATED_SESSION_SH, "sh", *argv], env)
+        finally:
+            os._exit(127)
+    os.close(read_end)  # the checker keeps write_end open until it exits
+
+    def pid() -> int | None:
+        try:
+            with open(fifo + ".pid", encoding="ascii") as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def alive() -> bool:
+        found = pid()
+        return found is None or _pid_alive(found)
+
+    def stop() -> None:
+        import signal
+
+        deadline = time.monotonic() + 5
+        found = pid()
+        while found is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+            found = pid()
+        if found is not None:
+            try:
+                os.kill(found, signal.SIGTERM)
+            except OSError:
+                pass
+
+    return SessionGate(fifo, session_input(plan.instance_id, plan.port), alive, stop)
+
+
+def child_gated_session(plan: ConnectPlan, aws: str) -> tuple[subprocess.Popen[bytes], SessionGate] | None:
+    """The cold path's early session: our child (its stderr watched for retries), held at a gate."""
+    import subprocess
+
+    if not can_gate():
+        return None
+    try:
+        fifo = make_gate_fifo(plan.cache)
+    except OSError:
+        return None
+    argv = gated_session_argv(aws, fifo, plan.profile, plan.region)
+    proc = subprocess.Popen(argv, env=plan.env, stderr=subprocess.PIPE)
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait()
+
+    gate = SessionGate(fifo, session_input(plan.instance_id, plan.port), lambda: proc.poll() is None, stop)
+    return proc, gate
+
+
 def hand_over(argv: list[str], env: dict[str, str], push_cache: PushCache) -> int:
     """Replace this process with the aws session (POSIX), or run it as a child (Windows).
 
@@ -1429,9 +1606,13 @@ def hand_over(argv: list[str], env: dict[str, str], push_cache: PushCache) -> in
 
 
 def run_session_child(
-    argv: list[str], env: dict[str, str], deadline: float | None, push_cache: PushCache | None
+    argv: list[str],
+    env: dict[str, str],
+    deadline: float | None,
+    push_cache: PushCache | None,
+    early: tuple[subprocess.Popen[bytes], SessionGate] | None = None,
 ) -> int:
-    """Run the session as a child with inherited stdin/stdout.
+    """Run the session as a child with inherited stdin/stdout (the first one may be waiting at a gate).
 
     With a deadline, a StartSession refused with TargetNotConnected (the SSM
     agent dropping for a moment right after boot) is retried with backoff: the
@@ -1442,7 +1623,18 @@ def run_session_child(
 
     delay = 0.5
     while True:
-        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+        proc = None
+        if early is not None:
+            proc, gate = early
+            early = None
+            try:
+                gate.release(deadline if deadline is not None else time.monotonic() + 60)
+            except CloudxError as e:
+                debug(f"early session unusable ({e.message}); starting a fresh one")
+                gate.cancel()
+                proc = None
+        if proc is None:
+            proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
 
         def forward(signum: int, _frame: object, proc: subprocess.Popen[bytes] = proc) -> None:
             proc.send_signal(signum)
@@ -1489,13 +1681,22 @@ def connect_dry_run(plan: ConnectPlan) -> int:
         f"AWS config {plan.config_file}",
         f"[dry run] public key {key}, pushed for user {plan.user}",
         f"[dry run] aws: {aws or 'not found'}; session-manager-plugin: {plugin or 'not found'}",
+    ]
+    if can_gate():
+        fifo = os.path.join(plan.cache, "gate-PID-N")
+        steps += [
+            "[dry run] 0. start the session early; it waits for its input at a FIFO (the gate):",
+            "    " + quote_argv(gated_session_argv(aws_cmd, fifo, plan.profile, plan.region)),
+            f"    input, written into the gate if the checks pass: {session_input(plan.instance_id, plan.port).decode()}",
+        ]
+    steps += [
         "[dry run] 1. check SSM and push the key, side by side:",
         "    " + quote_argv(tool.argv(aws_ssm_status_args(plan.instance_id))),
         "    " + quote_argv(tool.argv(aws_push_key_args(plan.instance_id, plan.user, public_key))),
         "[dry run] 2. if the instance is not running: start it, then wait for SSM PingStatus Online "
         f"(up to {plan.timeout:.0f} s):",
         "    " + quote_argv(tool.argv(aws_start_args(plan.instance_id))),
-        "[dry run] 3. hand stdin/stdout to the session:",
+        "[dry run] 3. the session on stdin/stdout (the gate's input amounts to):",
         "    " + quote_argv(build_session_argv(aws_cmd, plan.instance_id, plan.port, plan.profile, plan.region)),
     ]
     for line in steps:
@@ -1515,13 +1716,45 @@ def cmd_connect(args: argparse.Namespace) -> int:
     session = build_session_argv(aws_path, plan.instance_id, plan.port, plan.profile, plan.region)
     cache = PushCache(plan, public_key)
     deadline = time.monotonic() + plan.timeout
-    iid = plan.instance_id
 
     if cache.fresh():
         debug("key pushed moments ago for this instance: reusing it")
         log("Starting session...")
         return hand_over(session, plan.env, cache)
+    gate = exec_gated_session(plan, aws_path, cache) if can_gate() else None
+    if gate is None:
+        return connect_checked(aws, plan, public_key, session, cache, deadline, None)
+    # From here on this is the forked checker; our original pid is the waiting session.
+    rc = EXIT_ERROR
+    try:
+        rc = connect_checked(aws, plan, public_key, session, cache, deadline, gate)
+        return rc
+    except CloudxError as e:
+        rc = e.exit_code
+        raise
+    except KeyboardInterrupt:
+        rc = EXIT_INTERRUPTED
+        raise
+    finally:
+        if not gate.released:  # no early session: tell the waiting sh our exit code
+            gate.cancel()
+            try:
+                atomic_write(gate.fifo + ".exit", f"{rc}\n")
+            except OSError:
+                pass
 
+
+def connect_checked(
+    aws: Aws,
+    plan: ConnectPlan,
+    public_key: str,
+    session: list[str],
+    cache: PushCache,
+    deadline: float,
+    gate: SessionGate | None,
+) -> int:
+    """Push the key and check SSM side by side; warm: start the session, cold: start the instance first."""
+    iid = plan.instance_id
     log("Pushing SSH key...")
     pushed_at = time.time()
     first = aws.many({"push": aws_push_key_args(iid, plan.user, public_key), "ssm": aws_ssm_status_args(iid)})
@@ -1535,17 +1768,28 @@ def cmd_connect(args: argparse.Namespace) -> int:
     if not isinstance(push, CloudxError) and status == "Online":
         cache.record(pushed_at)
         log("Starting session...")
+        if gate is not None:
+            gate.release(deadline)
+            return EXIT_OK
         return hand_over(session, plan.env, cache)
 
     # Cold path: the instance is not running, or SSM is not online yet.
+    if gate is not None:
+        gate.cancel()  # this process runs the session itself, with retries
     key_pushed = None if isinstance(push, CloudxError) else pushed_at
     started = False
     if key_pushed is None:
         started = ensure_started(aws, plan, deadline)
-    key_pushed = wait_until_online(aws, plan, public_key, deadline, key_pushed, started)
+    early = child_gated_session(plan, aws.path)
+    try:
+        key_pushed = wait_until_online(aws, plan, public_key, deadline, key_pushed, started)
+    except BaseException:
+        if early is not None:
+            early[1].cancel()
+        raise
     cache.record(key_pushed)
     log("Starting session...")
-    return run_session_child(session, plan.env, deadline, cache)
+    return run_session_child(session, plan.env, deadline, cache, early)
 
 
 def ensure_started(aws: Aws, plan: ConnectPlan, deadline: float, ignore_marker: bool = False) -> bool:

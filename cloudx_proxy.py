@@ -59,6 +59,7 @@ AWS_READ_TIMEOUT = 20
 AWS_CALL_TIMEOUT = 90.0
 # While waiting for SSM, look at the EC2 state at least this often.
 STATE_RECHECK_SECONDS = 5.0
+PENDING_RECHECK_SECONDS = 2.0
 # The aws CLI's own retries (throttling, 5xx, timeouts), unless the user chose.
 AWS_RETRY_ENV = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "5"}
 # One poll round lasts at least this long (an aws process usually takes more).
@@ -1887,7 +1888,7 @@ def wait_until_online(
     """
     iid = plan.instance_id
     log("Waiting for SSM connectivity...")
-    state = "running" if key_pushed else "unknown"
+    state = "running" if key_pushed else ("pending" if started else "unknown")
     restarted = False
     status = "NotRegistered"
     described_at = time.monotonic()
@@ -1895,10 +1896,15 @@ def wait_until_online(
     while True:
         round_start = time.monotonic()
         calls = {"ssm": aws_ssm_status_args(iid)}
-        if can_describe and (state != "running" or time.monotonic() - described_at > STATE_RECHECK_SECONDS):
+        # Polls follow each other without a pause; the EC2 state is looked at only
+        # now and then (every aws process costs a core for most of a second).
+        recheck = STATE_RECHECK_SECONDS if state == "running" else PENDING_RECHECK_SECONDS
+        if can_describe and (state == "unknown" or time.monotonic() - described_at > recheck):
             calls["ec2"] = aws_describe_args(iid)  # also notices an instance stopped while we wait
-        elif state != "running" or key_pushed is None or time.time() - key_pushed > PUSH_REFRESH_SECONDS:
-            calls["push"] = aws_push_key_args(iid, plan.user, public_key)
+        elif (state == "running" or not can_describe) and (
+            key_pushed is None or time.time() - key_pushed > PUSH_REFRESH_SECONDS
+        ):
+            calls["push"] = aws_push_key_args(iid, plan.user, public_key)  # without describe: the state probe
         push_time = time.time()
         results = aws.many(calls)
         if "ec2" in results:
@@ -1934,12 +1940,20 @@ def wait_until_online(
             raise ssm
         status = parse_ping_status(ssm, iid)
         debug(f"EC2 state {state}, SSM PingStatus {status}")
-        if status == "Online" and state == "running":
-            if key_pushed is None or time.time() - key_pushed > PUSH_REUSE_SECONDS:
+        if status == "Online":
+            if state != "running" or key_pushed is None or time.time() - key_pushed > PUSH_REUSE_SECONDS:
+                # Online means running, but SSM can lag behind a stop: an accepted key settles it.
                 log("Pushing SSH key...")
-                key_pushed = time.time()
-                aws(aws_push_key_args(iid, plan.user, public_key))
-            return key_pushed
+                pushed_at = time.time()
+                try:
+                    aws(aws_push_key_args(iid, plan.user, public_key))
+                    key_pushed, state = pushed_at, "running"
+                except CloudxError as e:
+                    if e.code != "EC2InstanceStateInvalidException":
+                        raise
+                    state = "unknown"
+            if state == "running" and key_pushed is not None:
+                return key_pushed
         what = f"after {plan.timeout:.0f} s waiting for {iid} to be Online in SSM (EC2 {state}, SSM {status})"
         _pace(round_start, deadline, what, VSCODE_TIMEOUT_HINT if started else SSM_AGENT_HINT)
 

@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -224,23 +223,6 @@ def test_session_retried_when_the_agent_flaps(rig: Rig, home: Home, pyz: Path) -
     assert res.stdout == "steady\n"
     assert actions(rig).count("StartSession") == 3
     assert "TargetNotConnected" not in res.stderr, "retried quietly"
-
-
-def test_concurrent_connects_start_the_instance_once(rig: Rig, home: Home, pyz: Path) -> None:
-    iid = rig.add_instance(state="stopped", pending_seconds=1, online_delay=3)
-    results: list[subprocess.CompletedProcess[str]] = []
-
-    def one(n: int) -> None:
-        results.append(ssh(rig, home, pyz, iid, f"echo {n}", timeout=180))
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert [r.returncode for r in results] == [0] * 5, [r.stderr for r in results]
-    assert sorted(r.stdout for r in results) == [f"{n}\n" for n in range(5)]
-    assert actions(rig).count("StartInstances") == 1
 
 
 # --- errors --------------------------------------------------------------------

@@ -127,7 +127,7 @@ def test_list_status_uses_a_constant_number_of_calls(rig: Rig, configured: tuple
     home, first = configured
     counts = []
     ids = [first]
-    for n in (2, 6):
+    for n in (2, 4):
         while len(ids) < n:
             iid = rig.add_instance()
             res = run(rig, home, pyz, "setup", "--instance", iid, "--hostname", f"h{len(ids)}", "--yes")

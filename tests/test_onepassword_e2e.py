@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rig import Home, Rig
+from rig import Home, Rig, ssh_config_argv
 from rig.op_stub import OpStub
 
 TITLE = "cloudX SSH Key - cloudX"
@@ -104,23 +104,7 @@ def setup(
 
 def ssh_via_config(rig: Rig, home: Home, config: Path, host: str, *remote: str) -> subprocess.CompletedProcess[str]:
     """ssh HOST through the written config only (no SSH_AUTH_SOCK: the agent only via IdentityAgent)."""
-    argv = [
-        "ssh",
-        "-F",
-        str(config),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        f"UserKnownHostsFile={home.known_hosts}",
-        "-o",
-        "ControlMaster=no",
-        "-o",
-        "ControlPath=none",
-        host,
-        *remote,
-    ]
+    argv = ssh_config_argv(home, config, host, *remote)
     env = rig.env(home)
     assert "SSH_AUTH_SOCK" not in env
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)

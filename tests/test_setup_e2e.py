@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from rig import Home, Rig
+from rig import Home, Rig, ssh_config_argv
 
 
 def setup(
@@ -30,24 +30,9 @@ def setup(
 
 def ssh_via_config(rig: Rig, home: Home, config: Path, host: str, *remote: str) -> subprocess.CompletedProcess[str]:
     """ssh HOST through the written config only (no multiplexing master left behind)."""
-    argv = [
-        "ssh",
-        "-F",
-        str(config),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        f"UserKnownHostsFile={home.known_hosts}",
-        "-o",
-        "ControlMaster=no",
-        "-o",
-        "ControlPath=none",
-        host,
-        *remote,
-    ]
-    return subprocess.run(argv, env=rig.env(home), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ssh_config_argv(home, config, host, *remote), env=rig.env(home), capture_output=True, text=True, timeout=120
+    )
 
 
 def user_files(home: Home) -> list[Path]:

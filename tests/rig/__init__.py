@@ -428,6 +428,15 @@ class Rig:
         ]
 
 
+def ssh_config_argv(home: Home, config: Path, host: str, *remote: str) -> list[str]:
+    """ssh HOST through a written config file only (no connection sharing left behind)."""
+    return [
+        "ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+        "-o", f"UserKnownHostsFile={home.known_hosts}", "-o", "ControlMaster=no", "-o", "ControlPath=none",
+        host, *remote,
+    ]  # fmt: skip
+
+
 def have_prerequisites() -> str | None:
     """Why the rig cannot run here, or None if it can."""
     if os.geteuid() != 0:

@@ -1537,6 +1537,7 @@ def exec_gated_session(plan: ConnectPlan, aws: str, cache: PushCache) -> Session
     if os.fork() != 0:
         try:
             os.dup2(read_end, 4)
+            os.set_inheritable(4, True)  # dup2 onto itself (read_end == 4) keeps close-on-exec
             os.execve("/bin/sh", ["sh", "-c", GATED_SESSION_SH, "sh", *argv], env)
         finally:
             os._exit(127)

@@ -196,8 +196,8 @@ def test_ssm_ping_status(rig: Rig, home: Home) -> None:
 
 def test_stopping_then_start_pending_then_running(rig: Rig, home: Home) -> None:
     iid = rig.add_instance()
-    t0 = time.time()
-    rig.begin_stopping(iid, 4.0)
+    rig.begin_stopping(iid, 6.0)
+    t0 = time.time()  # after the call: the endpoint's 6 s started no later than this
     assert rig.moto_state(iid) == "stopped"
     # The state filter applies to the effective state (moto alone says "stopped").
     assert state_of(rig, home, iid, "stopping", "running") == "stopping"
@@ -207,18 +207,18 @@ def test_stopping_then_start_pending_then_running(rig: Rig, home: Home) -> None:
         f"{aws_error('IncorrectInstanceState', 'StartInstances')}: The instance '{iid}' "
         "is not in a state from which it can be started." in res.stderr
     )
-    sleep_until(t0 + 4.1)
+    sleep_until(t0 + 6.1)
     assert state_of(rig, home, iid) == "stopped"
 
-    rig.set_instance(iid, pending_seconds=3.0)
-    t1 = time.time()
+    rig.set_instance(iid, pending_seconds=6.0)
     res = aws(rig, home, "ec2", "start-instances", "--instance-ids", iid)
+    t1 = time.time()  # after the call (an aws process takes ~1 s): pending began no later than this
     assert res.returncode == 0, res.stderr
     (starting,) = json.loads(res.stdout)["StartingInstances"]
     assert starting["PreviousState"]["Name"] == "stopped"
     assert starting["CurrentState"] == {"Code": 0, "Name": "pending"}
     assert state_of(rig, home, iid, "pending") == "pending"
-    sleep_until(t1 + 3.1)
+    sleep_until(t1 + 6.1)
     assert state_of(rig, home, iid) == "running"
 
 

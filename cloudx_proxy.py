@@ -1058,6 +1058,15 @@ def read_text(path: str) -> str:
         raise CloudxError(f"cannot read {path}: {e.strerror}") from None
 
 
+def print_diff(path: str, old: str, new: str) -> None:
+    """The unified diff a dry run would write to a file, on stderr."""
+    import difflib
+
+    log(f"[dry run] would change {path}:")
+    for line in difflib.unified_diff(old.splitlines(), new.splitlines(), path, path + " (new)", lineterm=""):
+        print(f"    {line}", file=sys.stderr)
+
+
 def update_file(
     path: str, update: Callable[[str], str | None], cache: str, dry_run: bool = False
 ) -> tuple[str, str | None]:
@@ -1271,6 +1280,27 @@ def read_ini(path: str) -> dict[str, dict[str, str]] | None:
     return {name: dict(parser.items(name)) for name in parser.sections()}
 
 
+def use_aws_env(env: dict[str, str], name: str, home: str) -> None:
+    """Point env at ~/.aws/aws-envs/NAME/{config,credentials} (--aws-env); the directory must exist."""
+    name = validate_name("aws-env", name)
+    env_dir = os.path.join(home, ".aws", "aws-envs", name)
+    if not os.path.isdir(env_dir):
+        raise CloudxError(
+            f"AWS environment directory {env_dir} does not exist",
+            f"create it with config and credentials files, or drop --aws-env {name}",
+        )
+    env["AWS_CONFIG_FILE"] = os.path.join(env_dir, "config")
+    env["AWS_SHARED_CREDENTIALS_FILE"] = os.path.join(env_dir, "credentials")
+
+
+def require_aws(env: Mapping[str, str]) -> str:
+    """The aws CLI's path (PATH, then its standard install places), or an error saying where we looked."""
+    aws, looked = find_program("aws", env.get("PATH"))
+    if not aws:
+        raise CloudxError(f"the aws CLI was not found on PATH or in {', '.join(looked[-6:])}", AWS_INSTALL_HINT)
+    return aws
+
+
 def plan_connect(args: argparse.Namespace, environ: Mapping[str, str]) -> ConnectPlan:
     """Validate connect's arguments and resolve profile, region, key and AWS files (no AWS call)."""
     a = args
@@ -1292,15 +1322,7 @@ def plan_connect(args: argparse.Namespace, environ: Mapping[str, str]) -> Connec
         ssh_dir = d_dir
     env = dict(environ)
     if a.aws_env is not None:
-        name = validate_name("aws-env", a.aws_env)
-        env_dir = os.path.join(home, ".aws", "aws-envs", name)
-        if not os.path.isdir(env_dir):
-            raise CloudxError(
-                f"AWS environment directory {env_dir} does not exist",
-                f"create it with config and credentials files, or drop --aws-env {name}",
-            )
-        env["AWS_CONFIG_FILE"] = os.path.join(env_dir, "config")
-        env["AWS_SHARED_CREDENTIALS_FILE"] = os.path.join(env_dir, "credentials")
+        use_aws_env(env, a.aws_env, home)
     config_file = os.path.expanduser(env.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"))
     credentials_file = os.path.expanduser(
         env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials")
@@ -1363,9 +1385,7 @@ def read_public_key(path: str) -> str:
 
 def locate_tools(env: dict[str, str]) -> tuple[str, str]:
     """Find aws and session-manager-plugin; a plugin off PATH is added to the child PATH."""
-    aws, looked = find_program("aws", env.get("PATH"))
-    if not aws:
-        raise CloudxError(f"the aws CLI was not found on PATH or in {', '.join(looked[-6:])}", AWS_INSTALL_HINT)
+    aws = require_aws(env)
     plugin, looked = find_program("session-manager-plugin", env.get("PATH"))
     if not plugin:
         raise CloudxError(
@@ -2005,11 +2025,7 @@ class Setup:
         self.env = dict(environ)
         self.aws_env = validate_name("aws-env", args.aws_env) if args.aws_env is not None else None
         if self.aws_env:
-            env_dir = os.path.join(home, ".aws", "aws-envs", self.aws_env)
-            if not os.path.isdir(env_dir):
-                raise CloudxError(f"AWS environment directory {env_dir} does not exist", "create it, or drop --aws-env")
-            self.env["AWS_CONFIG_FILE"] = os.path.join(env_dir, "config")
-            self.env["AWS_SHARED_CREDENTIALS_FILE"] = os.path.join(env_dir, "credentials")
+            use_aws_env(self.env, self.aws_env, home)
         self.cache = cache_dir(environ, home)
         self.windows = os.name == "nt"
         self.when = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -2018,9 +2034,7 @@ class Setup:
     def aws(self) -> Aws:
         """The aws runner for the profile, with the region resolved as connect does."""
         if self._aws is None:
-            aws_path, looked = find_program("aws", self.env.get("PATH"))
-            if not aws_path:
-                raise CloudxError(f"the aws CLI was not found on PATH or in {', '.join(looked[-6:])}", AWS_INSTALL_HINT)
+            aws_path = require_aws(self.env)
             config_file = os.path.expanduser(
                 self.env.get("AWS_CONFIG_FILE") or os.path.join(self.home, ".aws", "config")
             )
@@ -2326,11 +2340,7 @@ def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str
 def show_change(s: Setup, path: str, old: str, new: str | None) -> None:
     """In a dry run, print the diff that would be written."""
     if s.dry_run and new is not None:
-        import difflib
-
-        log(f"  [dry run] would change {path}:")
-        for line in difflib.unified_diff(old.splitlines(), new.splitlines(), path, path + " (new)", lineterm=""):
-            print(f"    {line}", file=sys.stderr)
+        print_diff(path, old, new)
 
 
 def setup_include(s: Setup) -> None:
@@ -2458,16 +2468,11 @@ def aws_for_options(opts: Mapping[str, str], environ: Mapping[str, str]) -> Aws:
     home = os.path.expanduser("~")
     env = dict(environ)
     if opts.get("aws-env"):
-        env_dir = os.path.join(home, ".aws", "aws-envs", validate_name("aws-env", opts["aws-env"]))
-        env["AWS_CONFIG_FILE"] = os.path.join(env_dir, "config")
-        env["AWS_SHARED_CREDENTIALS_FILE"] = os.path.join(env_dir, "credentials")
+        use_aws_env(env, opts["aws-env"], home)
     profile = validate_name("profile", opts.get("profile") or default_profile_and_key(home)[0])
     config_file = os.path.expanduser(env.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"))
     region, _ = resolve_region(opts.get("region"), env, profile_section(read_ini(config_file) or {}, profile))
-    aws_path, looked = find_program("aws", env.get("PATH"))
-    if not aws_path:
-        raise CloudxError(f"the aws CLI was not found on PATH or in {', '.join(looked[-6:])}", AWS_INSTALL_HINT)
-    return Aws(aws_path, profile, validate_region(region), env)
+    return Aws(require_aws(env), profile, validate_region(region), env)
 
 
 def fetch_status(parsed: dict[str, Any], environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
@@ -2707,13 +2712,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     add((OK, "ssh-keygen", keygen, "") if keygen else (WARN, "ssh-keygen", "not found", "install the OpenSSH client"))
 
     # AWS profile (from files: no aws process)
-    env = dict(os.environ)
-    if opts.get("aws-env"):
-        env_dir = os.path.join(home, ".aws", "aws-envs", validate_name("aws-env", opts["aws-env"]))
-        env["AWS_CONFIG_FILE"], env["AWS_SHARED_CREDENTIALS_FILE"] = (
-            os.path.join(env_dir, "config"),
-            os.path.join(env_dir, "credentials"),
-        )
     aws = None
     try:
         ns = argparse.Namespace(
@@ -3006,18 +3004,10 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     if new is None:
         log(f"{path} is already clean")
     elif args.dry_run:
-        _print_diff(path, old, new)
+        print_diff(path, old, new)
     else:
         log(f"rewrote {path} (backup beside it)")
     return EXIT_OK
-
-
-def _print_diff(path: str, old: str, new: str) -> None:
-    import difflib
-
-    log(f"[dry run] would change {path}:")
-    for line in difflib.unified_diff(old.splitlines(), new.splitlines(), path, path + " (new)", lineterm=""):
-        print(f"    {line}", file=sys.stderr)
 
 
 def migrate_config_text(text: str, source: str, target: str) -> str:
@@ -3068,7 +3058,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if name == "config":
             new_text = migrate_config_text(read_text(src), source, target)
             if dry:
-                _print_diff(dst, read_text(src), new_text)
+                print_diff(dst, read_text(src), new_text)
         if os.path.exists(dst) and read_text_bytes(dst) != read_text_bytes(src):
             answer = "n"
             if not dry and sys.stdin.isatty():
@@ -3097,7 +3087,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
         old, new = update_file(main_config, update, cache_dir(os.environ, home), dry)
         if new is not None:
-            _print_diff(main_config, old, new) if dry else log(f"updated the Include in {main_config}")
+            print_diff(main_config, old, new) if dry else log(f"updated the Include in {main_config}")
     if not dry and not os.listdir(source):
         os.rmdir(source)
         log(f"removed the empty {source}")

@@ -480,3 +480,32 @@ def test_no_color_on_a_terminal_when_asked(tmp_path: Path) -> None:
     assert "\033[31merror" in runs["tty"].stdout
     assert "\033[" not in runs["NO_COLOR"].stdout and "error:" in runs["NO_COLOR"].stdout
     assert "\033[" not in runs["--no-color"].stdout and "error:" in runs["--no-color"].stdout
+
+
+def test_setup_dry_run_without_an_aws_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No aws CLI anywhere (PATH and the standard install places) and no ~/.aws: the dry run
+    still shows the aws calls it would make and the diffs, and writes nothing."""
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ssh", "ssh-keygen"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(cp, "_standard_dirs", lambda program: [])
+    argv = ["setup", "--dry-run", "--yes", "--instance", "I-0123456789ABCDEF0", "--environment", "dev"]
+    assert cp.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: aws not found" in err
+    assert "would run: aws sts get-caller-identity --profile cloudX" in err
+    assert "would run: aws ec2 describe-instances --instance-ids i-0123456789abcdef0" in err
+    assert "+Host cloudX-dev-instance-abcdef0" in err and "+    HostName i-0123456789abcdef0" in err
+    assert "would create an ed25519 key pair" in err
+    assert [p for p in home.rglob("*") if ".cache" not in p.parts] == []

@@ -2146,12 +2146,11 @@ def setup_profile(s: Setup) -> tuple[str | None, str]:
     """Make sure the profile has working credentials; return (environment from the IAM user, user name)."""
     s.step(f"Checking AWS profile '{s.profile}'...")
     if s.dry_run:
-        found = dry_run_aws(s, ["sts", "get-caller-identity"])
-        if found is None:
+        answer = dry_run_aws(s, ["sts", "get-caller-identity"])
+        if not isinstance(answer, dict):
             log(f"  [dry run] without working credentials setup would run: aws configure --profile {s.profile}")
             return None, ""
-        identity: Any = found
-        arn = str((identity or {}).get("Arn", ""))
+        arn = str(answer.get("Arn", ""))
         env, user = env_from_identity(arn)
         log(
             f"  IAM user {user}: environment '{env}'" if env else f"  {arn or 'caller'}: environment from --environment"
@@ -2318,10 +2317,14 @@ def op_agent_link(home: str, platform: str) -> str | None:
     if action == "none":
         return None
     if action in ("create", "replace"):
-        ensure_private_dir(os.path.dirname(link))
-        if action == "replace":
-            os.unlink(link)
-        os.symlink(mac, link)
+        try:
+            ensure_private_dir(os.path.dirname(link))
+            if action == "replace":
+                os.unlink(link)
+            os.symlink(mac, link)
+        except OSError as e:
+            log(f"  warning: cannot link {link} to 1Password's socket ({e.strerror}); naming {mac} instead")
+            return None
         log(f"  linked {link} -> {mac} (1Password's SSH agent socket)")
     elif action == "keep":
         log(f"  {link} exists and is not a symlink (a running agent?): left as it is")
@@ -2362,7 +2365,7 @@ def setup_op_key(s: Setup) -> str | None:
     """
     title = OP_ITEM_TITLE.format(key=s.key)
     s.step(f"Checking the 1Password SSH key '{title}'...")
-    op, _ = find_program("op", s.env.get("PATH"))
+    op = find_program("op", s.env.get("PATH"))[0] or ""
     try:
         if not op:
             raise CloudxError("the 1Password CLI 'op' was not found", OP_INSTALL_HINT)
@@ -2375,7 +2378,6 @@ def setup_op_key(s: Setup) -> str | None:
             raise
         log(f"  warning: not using 1Password; the SSH key is {s.key_path} on disk")
         return None
-    assert op is not None
     try:
         items = json.loads(run_op(op, ["item", "list", "--categories", "SSH Key", "--format", "json"], s.env) or "[]")
     except ValueError:
@@ -3284,9 +3286,9 @@ def migrate_proxy_command(value: str, source: str, target: str, home: str, add: 
     while i < len(words) and not (plain[i] and plain[i][0] in SHELL_OPERATORS):
         word = plain[i]
         flag, eq, inline = word.partition("=")
-        if word.startswith("--"):
+        if word.startswith("-") and word != "-":
             seen.add(flag)
-            takes_value = flag not in ("--dry-run", "--verbose", "--help")
+            takes_value = flag.startswith("--") and flag not in ("--dry-run", "--verbose", "--help", "--no-color")
             path_value = inline if eq else (plain[i + 1] if takes_value and i + 1 < len(words) else None)
             where = i if eq else i + 1
             if flag in ("--ssh-dir", "--ssh-config") and path_value is not None:

@@ -509,3 +509,13 @@ def test_setup_dry_run_without_an_aws_cli(
     assert "+Host cloudX-dev-instance-abcdef0" in err and "+    HostName i-0123456789abcdef0" in err
     assert "would create an ed25519 key pair" in err
     assert [p for p in home.rglob("*") if ".cache" not in p.parts] == []
+
+
+def test_connect_takes_an_instance_id_in_upper_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ssh lowercases %h itself, but connect run by hand (or by another tool) gets it as typed."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cp.main(["connect", "I-0123456789ABCDEF0", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "[dry run] connect i-0123456789abcdef0 port 22" in err and "I-0" not in err

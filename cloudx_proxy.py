@@ -176,13 +176,19 @@ def render_error(e: CloudxError) -> str:
 # Pure helpers: validation, parsing, rendering
 # ---------------------------------------------------------------------------
 def validate_instance_id(value: str) -> str:
-    """Return the instance id, or raise a usage error."""
-    if not INSTANCE_ID_RE.fullmatch(value or ""):
+    """Return the instance id in lower case (as EC2 spells it), or raise a usage error."""
+    lowered = (value or "").lower() if (value or "").isascii() else ""
+    if not INSTANCE_ID_RE.fullmatch(lowered):
         raise usage_error(
-            f"invalid instance id {value!r}: expected 'i-' and 8 or 17 lowercase hex digits",
+            f"invalid instance id {value!r}: expected 'i-' and 8 or 17 hex digits",
             "example: i-0123456789abcdef0",
         )
-    return value
+    return lowered
+
+
+def is_instance_id(value: str) -> bool:
+    """True for an EC2 instance id in any case ('I-0ABC...' too)."""
+    return value.isascii() and INSTANCE_ID_RE.fullmatch(value.lower()) is not None
 
 
 def validate_port(value: str | int) -> int:
@@ -1988,15 +1994,28 @@ class Setup:
     def __init__(self, args: argparse.Namespace, environ: Mapping[str, str]):
         home = os.path.expanduser("~")
         self.home = home
-        self.profile = validate_name("profile", args.profile)
-        self.key = validate_name("ssh key name", args.ssh_key)
+        # A legacy ~/.ssh/vscode setup (no ~/.ssh/cloudX): its hosts' flag-less ProxyCommands use
+        # connect's defaults (profile and key 'vscode' there), which creating ~/.ssh/cloudX would
+        # change. Work in the vscode directory then, with its defaults, as the reference does.
+        legacy = os.path.join(home, ".ssh", "vscode")
+        self.legacy = (
+            args.ssh_dir is None
+            and args.ssh_config is None
+            and os.path.isdir(legacy)
+            and not os.path.exists(os.path.join(home, ".ssh", "cloudX"))
+        )
+        default_name = "vscode" if self.legacy else "cloudX"
+        self.profile = validate_name("profile", args.profile if args.profile is not None else default_name)
+        self.key = validate_name("ssh key name", args.ssh_key if args.ssh_key is not None else default_name)
         prefix = args.ssh_host_prefix if args.ssh_host_prefix is not None else default_host_prefix(sys.argv[0])
         self.prefix = validate_host_part("--ssh-host-prefix", prefix)
         self.hostname = validate_host_part("hostname", args.hostname) if args.hostname is not None else None
         self.environment = validate_host_part("environment", args.environment) if args.environment is not None else None
         self.instance = args.instance
-        if self.instance is not None and (self.instance.startswith("i-") or not self.instance):
-            validate_instance_id(self.instance)
+        if self.instance is not None and (
+            self.instance.startswith("i-") or not self.instance or is_instance_id(self.instance)
+        ):
+            self.instance = validate_instance_id(self.instance)
         elif self.instance is not None and (len(self.instance) > 255 or any(c in self.instance for c in "\0\r\n")):
             raise usage_error(f"invalid --instance {self.instance!r}: expected an instance id or a Name tag")
         for name in ("ssh_dir", "ssh_config"):
@@ -2007,7 +2026,7 @@ class Setup:
         elif args.ssh_config is not None:
             self.ssh_dir = os.path.dirname(os.path.abspath(os.path.expanduser(args.ssh_config)))
         else:
-            self.ssh_dir = os.path.join(home, ".ssh", "cloudX")
+            self.ssh_dir = legacy if self.legacy else os.path.join(home, ".ssh", "cloudX")
         if args.ssh_config is not None:
             self.ssh_config = os.path.abspath(os.path.expanduser(args.ssh_config))
         else:
@@ -2107,9 +2126,36 @@ def setup_prerequisites(s: Setup) -> None:
         log(f"  found {name}{version}: {path}")
 
 
+def dry_run_aws(s: Setup, args: list[str]) -> Any:
+    """In a dry run: show a read-only aws call and make it when the CLI and credentials allow; None if not."""
+    try:
+        aws = s.aws()
+    except CloudxError as e:
+        log(f"  [dry run] would run: {quote_argv(Aws('aws', s.profile, DEFAULT_REGION, dict(s.env)).argv(args))}")
+        log(f"  [dry run] not asking AWS ({e.message}); going on without the answer")
+        return None
+    log(f"  [dry run] read-only: {quote_argv(aws.argv(args))}")
+    try:
+        return aws(args)
+    except CloudxError as e:
+        log(f"  [dry run] no answer ({e.message}); going on without it")
+        return None
+
+
 def setup_profile(s: Setup) -> tuple[str | None, str]:
     """Make sure the profile has working credentials; return (environment from the IAM user, user name)."""
     s.step(f"Checking AWS profile '{s.profile}'...")
+    if s.dry_run:
+        answer = dry_run_aws(s, ["sts", "get-caller-identity"])
+        if not isinstance(answer, dict):
+            log(f"  [dry run] without working credentials setup would run: aws configure --profile {s.profile}")
+            return None, ""
+        arn = str(answer.get("Arn", ""))
+        env, user = env_from_identity(arn)
+        log(
+            f"  IAM user {user}: environment '{env}'" if env else f"  {arn or 'caller'}: environment from --environment"
+        )
+        return env, user
     aws = s.aws()
     try:
         identity = aws(["sts", "get-caller-identity"])
@@ -2139,11 +2185,21 @@ def setup_profile(s: Setup) -> tuple[str | None, str]:
 
 def describe_setup_instance(s: Setup, value: str) -> tuple[str, dict[str, str]]:
     """Resolve --instance (an id, or a Name tag) with one describe-instances: (id, tags)."""
-    aws = s.aws()
     if value.startswith("i-"):
-        data = aws(aws_describe_args(value))
+        args = aws_describe_args(value)
     else:
-        data = aws(["ec2", "describe-instances", "--filters", json.dumps([{"Name": "tag:Name", "Values": [value]}])])
+        args = ["ec2", "describe-instances", "--filters", json.dumps([{"Name": "tag:Name", "Values": [value]}])]
+    if s.dry_run:
+        data = dry_run_aws(s, args)
+        if data is None:
+            if not value.startswith("i-"):
+                raise usage_error(
+                    f"a dry run without AWS cannot look up the Name tag '{value}'", "pass --instance i-..."
+                )
+            return value, {}
+    else:
+        data = s.aws()(args)
+    region = s._aws.region if s._aws else "?"
     found = []
     for reservation in (data or {}).get("Reservations", []):
         for inst in reservation.get("Instances", []):
@@ -2153,15 +2209,19 @@ def describe_setup_instance(s: Setup, value: str) -> tuple[str, dict[str, str]]:
             found.append((str(inst["InstanceId"]), tags, inst.get("State", {}).get("Name", "?")))
     if not found:
         what = f"instance {value}" if value.startswith("i-") else f"no instance named '{value}'"
-        raise CloudxError(f"{what} not found in region {aws.region}", "check --instance and the profile's region")
+        raise CloudxError(f"{what} not found in region {region}", "check --instance and the profile's region")
     if len(found) > 1:
         listing = ", ".join(f"{iid} ({state})" for iid, _, state in found)
         raise usage_error(f"the name '{value}' matches {len(found)} instances: {listing}", "pass the instance id")
     return found[0][0], found[0][1]
 
 
-def setup_key(s: Setup) -> None:
-    """Reuse <ssh-dir>/<key> (checking the pair and its permissions) or create an ed25519 key."""
+def setup_key(s: Setup) -> str | None:
+    """Reuse <ssh-dir>/<key> (checking the pair and its permissions) or create an ed25519 key.
+
+    Returns '' when only the public key is on disk (an agent, e.g. 1Password's, holds the
+    private key: the config then names the .pub), else None.
+    """
     s.step(f"Checking SSH key {s.key_path}...")
     if not s.dry_run:
         ensure_private_dir(s.ssh_dir)
@@ -2169,13 +2229,15 @@ def setup_key(s: Setup) -> None:
     keygen, _ = find_program("ssh-keygen", s.env.get("PATH"))
     if not os.path.exists(priv):
         if os.path.exists(pub):
-            raise CloudxError(
-                f"{pub} exists but its private key {priv} does not",
-                "restore the private key, or choose another --ssh-key",
+            parse_public_key(read_text(pub), pub)
+            log(
+                f"  warning: {pub} has no private key beside it; using it on the assumption that an SSH agent "
+                "(1Password, ssh-agent) holds the private key: ssh needs that agent running"
             )
+            return ""
         if s.dry_run:
             log(f"  [dry run] would create an ed25519 key pair {priv}")
-            return
+            return None
         if not keygen:
             raise CloudxError("ssh-keygen not found", "install the OpenSSH client")
         proc = run_cmd(
@@ -2186,7 +2248,7 @@ def setup_key(s: Setup) -> None:
         os.chmod(priv, 0o600)
         os.chmod(pub, 0o644)
         log(f"  created key pair {priv}")
-        return
+        return None
     if keygen:
         proc = run_cmd([keygen, "-y", "-P", "", "-f", priv], timeout=60, env=s.env)
         derived = proc.stdout.strip() if proc.returncode == 0 else ""
@@ -2204,6 +2266,7 @@ def setup_key(s: Setup) -> None:
                 os.chmod(path, mode)
                 log(f"  tightened permissions of {path} to {mode:o}")
     log(f"  using existing key {priv}")
+    return None
 
 
 def run_op(op: str, args: list[str], env: dict[str, str]) -> str:
@@ -2230,27 +2293,106 @@ def op_agent_socket(home: str) -> tuple[str, bool]:
     return candidates[0] if sys.platform == "darwin" else candidates[1], False
 
 
-def setup_op_key(s: Setup) -> str:
-    """Find or create the key in 1Password, export only its public key; returns the agent socket."""
-    s.step(f"Checking the 1Password SSH key 'cloudX SSH Key - {s.key}'...")
-    op, _ = find_program("op", s.env.get("PATH"))
-    if not op:
-        raise CloudxError("the 1Password CLI 'op' was not found", OP_INSTALL_HINT)
-    run_op(op, ["whoami", "--format", "json"], s.env)
+def op_agent_link_action(darwin: bool, mac_exists: bool, link_exists: bool, link_is_symlink: bool, to_mac: bool) -> str:
+    """What to do with ~/.1password/agent.sock, as the reference does on macOS.
+
+    'none' (not macOS, or no 1Password socket in its group container), 'ok' (the link
+    points there), 'create', 'replace' (a symlink elsewhere or dangling), 'keep' (a real
+    socket or file: perhaps a running agent, never deleted).
+    """
+    if not darwin or not mac_exists:
+        return "none"
+    if link_is_symlink:
+        return "ok" if to_mac else "replace"
+    return "keep" if link_exists else "create"
+
+
+def op_agent_link(home: str, platform: str) -> str | None:
+    """On macOS, point ~/.1password/agent.sock at 1Password's socket (a path without spaces for
+    IdentityAgent); returns that link, or None when there is nothing to link."""
+    mac, link = (os.path.join(home, p[2:]) for p in OP_AGENT_SOCKETS[:2])
+    is_link = os.path.islink(link)
+    to_mac = is_link and os.path.realpath(link) == os.path.realpath(mac)
+    action = op_agent_link_action(platform == "darwin", os.path.exists(mac), os.path.lexists(link), is_link, to_mac)
+    if action == "none":
+        return None
+    if action in ("create", "replace"):
+        try:
+            ensure_private_dir(os.path.dirname(link))
+            if action == "replace":
+                os.unlink(link)
+            os.symlink(mac, link)
+        except OSError as e:
+            log(f"  warning: cannot link {link} to 1Password's socket ({e.strerror}); naming {mac} instead")
+            return None
+        log(f"  linked {link} -> {mac} (1Password's SSH agent socket)")
+    elif action == "keep":
+        log(f"  {link} exists and is not a symlink (a running agent?): left as it is")
+    return link
+
+
+def op_choose_vault(s: Setup, op: str, wanted: str) -> str:
+    """The vault to create the key in: `wanted` if 1Password has it, else (interactive) the user's pick."""
+    try:
+        vaults = json.loads(run_op(op, ["vault", "list", "--format", "json"], s.env) or "[]")
+    except ValueError:
+        raise CloudxError("unexpected output from op vault list") from None
+    names = [str(v["name"]) for v in vaults if isinstance(v, dict) and v.get("name")]
+    match = next((n for n in names if n.lower() == wanted.lower()), None)
+    if match:
+        return match
+    if s.yes or not names:
+        raise usage_error(
+            f"1Password vault '{wanted}' not found (vaults: {', '.join(names) or 'none'})",
+            "pass --1password VAULT with one of them",
+        )
+    log(f"  1Password vault '{wanted}' not found. Vaults:")
+    for number, name in enumerate(names, 1):
+        log(f"    {number}. {name}")
+    default = str(names.index("Private") + 1) if "Private" in names else "1"
+    answer = s.ask("Vault for the new SSH key (number)", default)
+    if not answer.isdigit() or not 1 <= int(answer) <= len(names):
+        raise usage_error(f"no vault number {answer!r}", f"answer a number from 1 to {len(names)}")
+    return names[int(answer) - 1]
+
+
+def setup_op_key(s: Setup) -> str | None:
+    """Find or create the key in 1Password, export only its public key; returns the agent socket.
+
+    The item is 'cloudX SSH Key - KEY' or, as the reference also accepts, plain 'KEY'. When
+    1Password is unusable (no op, signed out), an interactive user may choose a key on disk
+    instead: then None.
+    """
     title = OP_ITEM_TITLE.format(key=s.key)
-    vault = s.op_vault or "Private"
+    s.step(f"Checking the 1Password SSH key '{title}'...")
+    op = find_program("op", s.env.get("PATH"))[0] or ""
+    try:
+        if not op:
+            raise CloudxError("the 1Password CLI 'op' was not found", OP_INSTALL_HINT)
+        run_op(op, ["whoami", "--format", "json"], s.env)
+    except CloudxError as e:
+        if s.yes:
+            raise
+        log(f"  1Password is not available: {e.message}")
+        if not s.ask("Use an SSH key on disk instead? [y/n]", "y").lower().startswith("y"):
+            raise
+        log(f"  warning: not using 1Password; the SSH key is {s.key_path} on disk")
+        return None
     try:
         items = json.loads(run_op(op, ["item", "list", "--categories", "SSH Key", "--format", "json"], s.env) or "[]")
     except ValueError:
         raise CloudxError("unexpected output from op item list") from None
-    found = [i for i in items if isinstance(i, dict) and i.get("title") == title]
+    items = [i for i in items if isinstance(i, dict)]
+    found = [i for i in items if i.get("title") == title] or [i for i in items if i.get("title") == s.key]
     if found:
         item = found[0]
+        title = str(item.get("title"))
         log(f"  found '{title}' in vault {item.get('vault', {}).get('name', '?')}")
-    elif s.dry_run:
-        log(f"  [dry run] would create '{title}' in 1Password vault {vault}")
-        return op_agent_socket(s.home)[0]
     else:
+        vault = op_choose_vault(s, op, s.op_vault or "Private")
+        if s.dry_run:
+            log(f"  [dry run] would create '{title}' in 1Password vault {vault}")
+            return op_agent_socket(s.home)[0]
         if vault != "Private":
             log(
                 f"  warning: only the Private vault is enabled for the SSH agent by default; enable {vault} in 1Password's SSH agent settings"
@@ -2278,7 +2420,7 @@ def setup_op_key(s: Setup) -> str:
         except ValueError:
             raise CloudxError("unexpected output from op item create") from None
         log(f"  created '{title}' in vault {vault}")
-    vault_ref = item.get("vault", {}).get("id") or vault
+    vault_ref = item.get("vault", {}).get("id") or s.op_vault or "Private"
     public = run_op(op, ["read", f"op://{vault_ref}/{item.get('id')}/public key"], s.env).strip()
     public = parse_public_key(public, f"1Password item '{title}'")
     pub = s.key_path + ".pub"
@@ -2286,7 +2428,8 @@ def setup_op_key(s: Setup) -> str:
         ensure_private_dir(s.ssh_dir)
         atomic_write(pub, public + "\n", 0o644)
         log(f"  exported the public key to {pub} (the private key stays in 1Password)")
-    agent, exists = op_agent_socket(s.home)
+    linked = None if s.dry_run or os.name == "nt" else op_agent_link(s.home, sys.platform)
+    agent, exists = (linked, True) if linked else op_agent_socket(s.home)
     if not exists:
         log(
             f"  warning: the 1Password SSH agent is not running ({agent or OP_AGENT_PIPE} not found): enable it in 1Password's settings"
@@ -2404,18 +2547,39 @@ def check_instance(s: Setup, host: str) -> int:
         log(f"  still waiting ({int(time.monotonic() - deadline + 1800)} s)...")
 
 
+def setup_legacy(s: Setup) -> None:
+    """A legacy ~/.ssh/vscode setup: offer migrate (interactive), else keep working there and say how."""
+    if not s.legacy:
+        return
+    target = os.path.join(s.home, ".ssh", "cloudX")
+    s.step(f"Found a legacy setup in {s.ssh_dir} (and no {target})")
+    log("  ProxyCommands without --profile/--ssh-key there use profile and key 'vscode' (connect's defaults)")
+    question = f"Migrate it to {target} now, keeping every host working? [y/n]"
+    if not s.yes and not s.dry_run and s.ask(question, "y").lower().startswith("y"):
+        migrate_legacy(s.home, target, False, lambda q: s.ask(q + " [y/n]", "n").lower().startswith("y"))
+        s.legacy, s.ssh_dir = False, target
+        s.ssh_config, s.key_path = os.path.join(target, "config"), os.path.join(target, s.key)
+        log(f"  migrated; setup goes on in {target} with profile '{s.profile}' and key '{s.key}'")
+        return
+    log(
+        f"  working in {s.ssh_dir} (profile '{s.profile}', key '{s.key}'), so those hosts keep working; "
+        f"to move everything to {target} later: {PROG} migrate"
+    )
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     """Configure the AWS profile, the SSH key, the three-tier SSH config and check the instance."""
     s = Setup(args, os.environ)
     if s.dry_run:
         log("[dry run] nothing will be written, generated or configured")
     setup_prerequisites(s)
+    setup_legacy(s)
     iam_env, _user = setup_profile(s)
     value = s.instance or s.ask("EC2 instance id (or Name tag)", "")
     if not value:
         raise usage_error("no instance given", "pass --instance i-... (an instance id or its Name tag)")
-    if value.startswith("i-"):
-        validate_instance_id(value)
+    if value.startswith("i-") or is_instance_id(value):
+        value = validate_instance_id(value)
     instance_id, tags = describe_setup_instance(s, value)
     tag_env, tag_host = names_from_tags(tags)
     env = s.environment or tag_env or iam_env
@@ -2426,13 +2590,16 @@ def cmd_setup(args: argparse.Namespace) -> int:
             "pass --environment",
         )
     env = env or s.ask("cloudX environment (e.g. dev)", "")
-    hostname = s.hostname or s.ask("Hostname for the SSH config", _safe_host_part(tag_host) or instance_id)
+    # As the reference: without a Name tag, 'instance-' and the id's last 7 characters.
+    hostname = s.hostname or s.ask(
+        "Hostname for the SSH config", _safe_host_part(tag_host) or f"instance-{instance_id[-7:]}"
+    )
     validate_host_part("environment", env)
     validate_host_part("hostname", hostname)
     log(f"  instance {instance_id}: environment '{env}', hostname '{hostname}'")
     agent = setup_op_key(s) if s.op_vault is not None else None
     if agent is None:
-        setup_key(s)
+        agent = setup_key(s)
     host = setup_config(s, env, hostname, instance_id, agent)
     setup_include(s)
     if s.dry_run:
@@ -3010,88 +3177,307 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def migrate_config_text(text: str, source: str, target: str) -> str:
-    """Point a legacy config at the new directory; keep the vscode profile/key it relied on by default."""
-    home = os.path.expanduser("~")
-    tilde_source = "~" + source[len(home) :] if source.startswith(home + os.sep) else None
-    tilde_target = "~" + target[len(home) :] if target.startswith(home + os.sep) else target
-    out = []
+# Path directives migrate rewrites, and whether ssh expands %-tokens in them.
+MIGRATE_PATH_KEYWORDS = {
+    "identityfile": True,
+    "identityagent": True,
+    "certificatefile": True,
+    "controlpath": True,
+    "userknownhostsfile": True,
+    "include": False,
+}
+SHELL_OPERATORS = ";&|<>()"
+
+
+def sh_words(text: str) -> list[tuple[int, int, str]] | None:
+    """POSIX-shell words of a command line as (start, end, value); operators are words of their own.
+
+    None when a quote is left open. Only as much of sh as a ProxyCommand needs:
+    quotes, backslashes, blanks and the operator characters.
+    """
+    words: list[tuple[int, int, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] in " \t":
+            i += 1
+            continue
+        start, value = i, []
+        if text[i] in SHELL_OPERATORS:
+            while i < n and text[i] in SHELL_OPERATORS:
+                i += 1
+            words.append((start, i, text[start:i]))
+            continue
+        while i < n and text[i] not in " \t" + SHELL_OPERATORS:
+            ch = text[i]
+            if ch == "'":
+                end = text.find("'", i + 1)
+                if end < 0:
+                    return None
+                value.append(text[i + 1 : end])
+                i = end + 1
+            elif ch == '"':
+                i += 1
+                while i < n and text[i] != '"':
+                    if text[i] == "\\" and i + 1 < n and text[i + 1] in '$`"\\':
+                        i += 1
+                    value.append(text[i])
+                    i += 1
+                if i >= n:
+                    return None
+                i += 1
+            elif ch == "\\" and i + 1 < n:
+                value.append(text[i + 1])
+                i += 2
+            else:
+                value.append(ch)
+                i += 1
+        words.append((start, i, "".join(value)))
+    return words
+
+
+def moved_path(value: str, source: str, target: str, home: str, relative_to: str | None = None) -> str | None:
+    """`value` with the directory `source` replaced by `target`, or None if it is not in `source`.
+
+    Whole components only ('.../vscode-old' is not in '.../vscode'); '~/', '$HOME/' and
+    '${HOME}/' spellings count; a '~/' path stays '~/' when the target is under HOME.
+    relative_to: the directory a relative value is relative to (an Include's ~/.ssh).
+    """
+    rel = source[len(home) + 1 :] if source.startswith(home + "/") else None
+    forms = [(source, False)]
+    if rel:
+        forms += [(f"~/{rel}", True), (f"$HOME/{rel}", False), (f"${{HOME}}/{rel}", False)]
+    if relative_to and source.startswith(relative_to + "/"):
+        forms.append((source[len(relative_to) + 1 :], False))
+    for form, tilde in forms:
+        if value == form or value.startswith(form + "/"):
+            rest = value[len(form) :]
+            if tilde and target.startswith(home + "/"):
+                return "~" + target[len(home) :] + rest
+            return target + rest
+    return None
+
+
+def _with_value(line: str, value: str, comment: str = "") -> str:
+    """A config line with its value replaced: indentation, keyword and line ending kept."""
+    head = re.match(r"\s*[A-Za-z][A-Za-z0-9]*(?:\s*=\s*|\s+)", line)
+    body = line.rstrip("\r\n")
+    ending = line[len(body) :]
+    return (head.group(0) if head else "") + value + (f" # {comment}" if comment else "") + ending
+
+
+def migrate_proxy_command(value: str, source: str, target: str, home: str, add: dict[str, str]) -> str | None:
+    """A connect ProxyCommand with paths in `source` moved to `target` and the `add` flags it lacks
+    (the defaults it relied on); None when it is not ours or needs no change.
+
+    Changed words are re-quoted as setup quotes them; every other word is kept as written.
+    """
+    words = sh_words(value)
+    if not words:
+        return None
+    plain = [w[2] for w in words]
+    at = next((i for i, w in enumerate(plain) if w == "connect" and i > 0), None)
+    if at is None or not any("cloudx" in os.path.basename(w).lower() for w in plain[:at]):
+        return None
+    edits: dict[int, str] = {}
+    seen: set[str] = set()
+    insert_at = words[at][1]
+    positionals = 0
+    i = at + 1
+    while i < len(words) and not (plain[i] and plain[i][0] in SHELL_OPERATORS):
+        word = plain[i]
+        flag, eq, inline = word.partition("=")
+        if word.startswith("-") and word != "-":
+            seen.add(flag)
+            takes_value = flag.startswith("--") and flag not in ("--dry-run", "--verbose", "--help", "--no-color")
+            path_value = inline if eq else (plain[i + 1] if takes_value and i + 1 < len(words) else None)
+            where = i if eq else i + 1
+            if flag in ("--ssh-dir", "--ssh-config") and path_value is not None:
+                unescaped = path_value.replace("%%", "\0")
+                if "%" not in unescaped:  # an ssh %-token in it: leave the word alone
+                    new = moved_path(unescaped.replace("\0", "%"), source, target, home)
+                    if new is not None:
+                        edits[where] = (flag + "=" if eq else "") + quote_proxy_arg(os.path.expanduser(new))
+            i += 1 if eq or not takes_value else 2
+            continue
+        if positionals < 2:
+            positionals += 1
+            insert_at = words[i][1]
+        i += 1
+    wanted = dict(add)
+    if "--ssh-config" in seen:
+        wanted.pop("--ssh-dir", None)
+    extra = "".join(f" {flag} {quote_proxy_arg(v)}" for flag, v in wanted.items() if flag not in seen)
+    if not edits and not extra:
+        return None
+    changes = [(words[k][0], words[k][1], text) for k, text in edits.items()]
+    if extra:
+        changes.append((insert_at, insert_at, extra))
+    out, last = [], 0
+    for start, end, text in sorted(changes):
+        out += [value[last:start], text]
+        last = end
+    return "".join(out) + value[last:]
+
+
+def migrate_config_text(
+    text: str, source: str, target: str, home: str, add: dict[str, str] | None = None
+) -> tuple[str, list[str]]:
+    """Point an SSH config at `target` instead of the legacy `source` directory.
+
+    Path directives (IdentityFile, Include, ...) and our connect ProxyCommands are re-rendered
+    with setup's quoting; a ProxyCommand also gets the `add` flags it lacks (the defaults it
+    relied on while only ~/.ssh/vscode existed). Every other byte stays. Returns the text and
+    a note per line it could not rewrite.
+    """
+    out, notes = [], []
+    ssh_dir = os.path.join(home, ".ssh")
     for line in split_lines(text):
         parsed = parse_directive(line)
-        if parsed and parsed[0] in ("identityfile", "proxycommand", "include", "identityagent", "controlpath"):
-            line = line.replace(source, target)
-            if tilde_source:
-                line = line.replace(tilde_source, tilde_target)
-            if parsed[0] == "proxycommand" and " connect " in line:
-                opts = parse_connect_options(parsed[1])
-                extra = "".join(f" --{k} vscode" for k in ("profile", "ssh-key") if k not in opts)
-                if extra:
-                    stripped = line.rstrip("\r\n")
-                    line = stripped + extra + line[len(stripped) :]
+        if not parsed:
+            out.append(line)
+            continue
+        keyword, value, comment = parsed
+        if keyword == "proxycommand":
+            raw = line.strip().lstrip("\ufeff")
+            raw = re.sub(r"^[A-Za-z]+(?:\s*=\s*|\s+)", "", raw)
+            new = migrate_proxy_command(raw, source, target, home, add or {})
+            if new is not None:
+                line = _with_value(line, new)
+            elif source in raw or "/.ssh/" + os.path.basename(source) in raw:
+                notes.append(f"left as it is (not a {PROG} connect): {raw}")
+        elif keyword in MIGRATE_PATH_KEYWORDS:
+            pct = "%%" if MIGRATE_PATH_KEYWORDS[keyword] else "%"  # the value is as written: '%' escaped or not
+            src, dst, hm, sd = (p.replace("%", pct) for p in (source, target, home, ssh_dir))
+            words = ssh_words(value)
+            moved = [moved_path(w, src, dst, hm, sd if keyword == "include" else None) for w in words]
+            if any(m is not None for m in moved):
+                rendered = [quote_config_value(m if m is not None else w, percent=False) for w, m in zip(words, moved)]
+                line = _with_value(line, " ".join(rendered), comment)
         out.append(line)
-    return "".join(out)
+    return "".join(out), notes
+
+
+def migrate_plan(source: str, target: str) -> list[tuple[str, str, str]]:
+    """The files to move: (name, source path, target path); regular files only, no temp files."""
+    plan = []
+    for name in sorted(os.listdir(source)):
+        src = os.path.join(source, name)
+        if os.path.isfile(src) and not name.endswith(("~", ".tmp")) and not name.startswith(".tmp-"):
+            plan.append((name, src, os.path.join(target, name)))
+    return plan
+
+
+def migrate_legacy(home: str, target: str, dry_run: bool, confirm: Callable[[str], bool] | None) -> int:
+    """Move ~/.ssh/vscode to `target`, keeping every host in its config working.
+
+    All or nothing: a differing file at the target is overwritten only when `confirm` says so
+    (after a backup); otherwise nothing is changed. Returns the number of files moved.
+    """
+    source = os.path.join(home, ".ssh", "vscode")
+    if not os.path.isdir(source):
+        raise CloudxError(f"nothing to migrate: {source} does not exist")
+    if os.path.realpath(source) == os.path.realpath(target) or target.startswith(source + os.sep):
+        raise usage_error("--target-dir is the legacy directory itself, or inside it")
+    # The defaults flag-less connects used here, which the move changes: make them explicit.
+    d_profile, d_key, d_dir = default_profile_and_key(home)
+    add = {"--profile": d_profile, "--ssh-key": d_key, "--ssh-dir": target} if d_dir == source else {}
+    plan = migrate_plan(source, target)
+    contents: dict[str, bytes] = {}
+    for name, src, _dst in plan:
+        if name == "config":
+            text, notes = migrate_config_text(read_text(src), source, target, home, add)
+            for note in notes:
+                log(f"  {src}: {note}")
+            contents[name] = text.encode("utf-8")
+        else:
+            contents[name] = read_text_bytes(src)
+    overwrite = []
+    for name, _src, dst in plan:
+        if os.path.lexists(dst) and (not os.path.isfile(dst) or read_text_bytes(dst) != contents[name]):
+            overwrite.append(dst)
+    if overwrite and not dry_run:
+        for dst in overwrite:
+            if confirm is None or not confirm(f"{dst} exists and differs. Overwrite it (after a backup)?"):
+                raise CloudxError(
+                    f"{dst} exists and differs; nothing was migrated",
+                    "move it aside (or pass --target-dir), then migrate again",
+                )
+    main_config = os.path.join(home, ".ssh", "config")
+    target_config = os.path.join(target, "config")
+
+    def update_main(old: str) -> str:
+        new, notes = migrate_config_text(old, source, target, home, add)
+        for note in notes:
+            log(f"  {main_config}: {note}")
+        if any(name == "config" for name, _, _ in plan):
+            return insert_include(new, target_config) or new
+        return new
+
+    cache = cache_dir(os.environ, home)
+    if dry_run:
+        for name, src, dst in plan:
+            log(
+                f"[dry run] would move {src} -> {dst}"
+                + (" (overwriting it after a backup)" if dst in overwrite else "")
+            )
+            if name == "config":
+                print_diff(dst, read_text(src), contents[name].decode("utf-8"))
+        old, new = update_file(main_config, update_main, cache, True)
+        if new is not None:
+            print_diff(main_config, old, new)
+        log("[dry run] nothing was changed")
+        return 0
+    ensure_private_dir(target)
+    for name, src, dst in plan:
+        if dst in overwrite:
+            backup = backup_file(dst)
+            log(f"  backed up {dst} to {backup}")
+        mode = stat_mode(src)
+        if name.endswith(".pub"):
+            mode = mode & 0o644 or 0o644
+        else:
+            mode = mode & 0o600 or 0o600
+        if name == "config":
+            atomic_write_bytes(dst, contents[name], 0o600)
+        elif os.path.islink(src):
+            import shutil
+
+            shutil.move(src, dst)
+        else:
+            atomic_write_bytes(dst, contents[name], mode)
+    for _name, src, dst in plan:
+        if os.path.lexists(src):
+            os.unlink(src)
+        log(f"moved {src} -> {dst}")
+    old, new = update_file(main_config, update_main, cache)
+    if new is not None:
+        log(f"updated {main_config} (backup beside it)")
+    if not os.listdir(source):
+        os.rmdir(source)
+        log(f"removed the empty {source}")
+    else:
+        log(f"left in {source}: {', '.join(sorted(os.listdir(source)))}")
+    return len(plan)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Move a legacy ~/.ssh/vscode setup to ~/.ssh/cloudX, rewriting paths and the Include."""
-    import shutil
-
+    """Move a legacy ~/.ssh/vscode setup to ~/.ssh/cloudX, rewriting paths, ProxyCommands and the Include."""
     home = os.path.expanduser("~")
-    source = os.path.join(home, ".ssh", "vscode")
-    target = (
-        os.path.abspath(os.path.expanduser(validate_config_path("--target-dir", args.target_dir)))
-        if args.target_dir
-        else os.path.join(home, ".ssh", "cloudX")
-    )
-    if not os.path.isdir(source):
-        raise CloudxError(f"nothing to migrate: {source} does not exist")
-    if os.path.realpath(source) == os.path.realpath(target):
-        raise usage_error("--target-dir is the legacy directory itself")
-    dry = args.dry_run
-    if not dry:
-        ensure_private_dir(target)
-    moved = 0
-    for name in sorted(os.listdir(source)):
-        src, dst = os.path.join(source, name), os.path.join(target, name)
-        if not os.path.isfile(src) or name.endswith(("~", ".tmp")) or name.startswith(".tmp-"):
-            continue
-        if name == "config":
-            new_text = migrate_config_text(read_text(src), source, target)
-            if dry:
-                print_diff(dst, read_text(src), new_text)
-        if os.path.exists(dst) and read_text_bytes(dst) != read_text_bytes(src):
-            answer = "n"
-            if not dry and sys.stdin.isatty():
-                print(f"{dst} exists and differs. Overwrite it? [y/N]: ", end="", file=sys.stderr, flush=True)
-                answer = sys.stdin.readline().strip().lower() or "n"
-            if not answer.startswith("y"):
-                log(f"kept {dst} (exists and differs); {src} left in place")
-                continue
-        if dry:
-            log(f"[dry run] would move {src} -> {dst}")
-            continue
-        if name == "config":
-            atomic_write(dst, new_text, 0o600)
-            os.unlink(src)
-        else:
-            mode = stat_mode(src)
-            shutil.move(src, dst)
-            os.chmod(dst, mode if name.endswith(".pub") else mode & 0o600 or 0o600)
-        moved += 1
-        log(f"moved {src} -> {dst}")
-    main_config = os.path.join(home, ".ssh", "config")
-    if os.path.exists(main_config):
+    if args.target_dir:
+        validate_config_path("--target-dir", args.target_dir)
+        target = os.path.abspath(os.path.expanduser(args.target_dir))
+        validate_config_path("--target-dir", os.path.join(target, "config"), include=True)
+    else:
+        target = os.path.join(home, ".ssh", "cloudX")
 
-        def update(old: str) -> str:
-            return migrate_config_text(old, os.path.join(source, "config"), os.path.join(target, "config"))
+    def confirm(question: str) -> bool:
+        print(f"{question} [y/N]: ", end="", file=sys.stderr, flush=True)
+        return sys.stdin.readline().strip().lower().startswith("y")
 
-        old, new = update_file(main_config, update, cache_dir(os.environ, home), dry)
-        if new is not None:
-            print_diff(main_config, old, new) if dry else log(f"updated the Include in {main_config}")
-    if not dry and not os.listdir(source):
-        os.rmdir(source)
-        log(f"removed the empty {source}")
-    log(f"migrated {moved} files to {target}" if not dry else "[dry run] nothing was changed")
+    moved = migrate_legacy(home, target, args.dry_run, confirm if sys.stdin.isatty() else None)
+    if not args.dry_run:
+        log(f"migrated {moved} files to {target}; every host keeps its profile and key")
+        log(f"if VSCode's remote.SSH.configFile names the old config, change it to {os.path.join(target, 'config')}")
     return EXIT_OK
 
 
@@ -3197,8 +3583,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SETUP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--profile", default="cloudX", help="AWS profile (default: cloudX)")
-    p.add_argument("--ssh-key", default="cloudX", help="SSH key name (default: cloudX)")
+    p.add_argument("--profile", help="AWS profile (default: cloudX; vscode in a legacy ~/.ssh/vscode setup)")
+    p.add_argument("--ssh-key", help="SSH key name (default: cloudX; vscode in a legacy ~/.ssh/vscode setup)")
     p.add_argument("--ssh-config", help="SSH config file to write (default: <ssh-dir>/config)")
     p.add_argument("--ssh-dir", help="directory for the key and config (default: ~/.ssh/cloudX)")
     p.add_argument("--aws-env", help="use ~/.aws/aws-envs/AWS_ENV/{config,credentials}")

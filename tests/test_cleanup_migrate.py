@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cloudx_proxy as cp  # noqa: E402
@@ -112,21 +115,110 @@ def test_migrate_moves_keys_and_rewrites_paths(tmp_path: Path) -> None:
     assert stat.S_IMODE((target / "vscode").stat().st_mode) == 0o600
     config = (target / "config").read_text()
     assert f"IdentityFile {target}/vscode\n" in config
-    assert "connect %h %p --profile vscode --ssh-key vscode\n" in config, "keeps the defaults it relied on"
+    assert f"connect %h %p --profile vscode --ssh-key vscode --ssh-dir {target}\n" in config, "keeps its defaults"
     assert "Host cloudx-dev-web\n    HostName i-0123456789abcdef0\n" in config
     assert (tmp_path / ".ssh" / "config").read_text() == f"Include {target}/config\n\nHost other\n  User x\n"
 
 
 def test_migrate_never_overwrites_without_asking(tmp_path: Path) -> None:
     legacy = _legacy_home(tmp_path)
+    main_before = (tmp_path / ".ssh" / "config").read_text()
     target = tmp_path / ".ssh" / "cloudX"
     target.mkdir(mode=0o700)
     (target / "vscode").write_text("someone else's key\n")
     res = run(tmp_path, "migrate", stdin="")
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 1 and "exists and differs; nothing was migrated" in res.stderr
     assert (target / "vscode").read_text() == "someone else's key\n"
-    assert (legacy / "vscode").exists(), "the source stays when not moved"
-    assert "kept" in res.stderr
+    assert sorted(p.name for p in legacy.iterdir()) == ["config", "vscode", "vscode.pub"], "all or nothing"
+    assert (tmp_path / ".ssh" / "config").read_text() == main_before
+
+
+def test_migrate_confirmed_overwrite_is_backed_up(tmp_path: Path) -> None:
+    legacy = _legacy_home(tmp_path)
+    key = (legacy / "vscode").read_bytes()
+    target = tmp_path / ".ssh" / "cloudX"
+    target.mkdir(mode=0o700)
+    (target / "vscode").write_text("someone else's key\n")
+    asked: list[str] = []
+    assert cp.migrate_legacy(str(tmp_path), str(target), False, lambda q: asked.append(q) is None) == 3
+    assert asked == [f"{target}/vscode exists and differs. Overwrite it (after a backup)?"]
+    assert (target / "vscode").read_bytes() == key
+    assert (target / "vscode.bak").read_text() == "someone else's key\n"
+    assert (tmp_path / ".ssh" / "config.bak").exists(), "~/.ssh/config backed up before its rewrite"
+
+
+HOME = "/home/u"
+SRC = HOME + "/.ssh/vscode"
+LEGACY_DEFAULTS = {"--profile": "vscode", "--ssh-key": "vscode", "--ssh-dir": HOME + "/.ssh/cloudX"}
+
+
+def test_migrate_text_replaces_whole_components_and_keeps_the_rest() -> None:
+    text = (
+        "Include vscode/config ~/.ssh/vscode-old/config conf.d/*\r\n"
+        "Host cloudx-dev-*\r\n"
+        "    IdentityFile ~/.ssh/vscode/vscode\r\n"
+        "\tidentityfile=/home/u/.ssh/vscode-old/vscode   # mine\r\n"
+        "    CertificateFile $HOME/.ssh/vscode/cert.pub\r\n"
+        "    LocalForward 8080 localhost:80\r\n"
+        "    ProxyCommand uvx cloudx-proxy connect %h %p --aws-env prod\r\n"
+        "Host mine\r\n"
+        "    ProxyCommand ssh -W %h:%p jump # /home/u/.ssh/vscode\r\n"
+    )
+    new, notes = cp.migrate_config_text(text, SRC, HOME + "/.ssh/cloudX", HOME, LEGACY_DEFAULTS)
+    assert new.split("\r\n") == [
+        "Include /home/u/.ssh/cloudX/config ~/.ssh/vscode-old/config conf.d/*",
+        "Host cloudx-dev-*",
+        "    IdentityFile ~/.ssh/cloudX/vscode",
+        "\tidentityfile=/home/u/.ssh/vscode-old/vscode   # mine",
+        "    CertificateFile /home/u/.ssh/cloudX/cert.pub",
+        "    LocalForward 8080 localhost:80",
+        "    ProxyCommand uvx cloudx-proxy connect %h %p --profile vscode --ssh-key vscode"
+        " --ssh-dir /home/u/.ssh/cloudX --aws-env prod",
+        "Host mine",
+        "    ProxyCommand ssh -W %h:%p jump # /home/u/.ssh/vscode",
+        "",
+    ]
+    assert notes == ["left as it is (not a cloudx-proxy connect): ssh -W %h:%p jump # /home/u/.ssh/vscode"]
+    again, _ = cp.migrate_config_text(new, SRC, HOME + "/.ssh/cloudX", HOME, LEGACY_DEFAULTS)
+    assert again == new, "idempotent"
+
+
+@pytest.mark.parametrize("target", ["/t/my keys", "/t/100%", "/t/$(touch pwned)", "/t/it's `x` ;|&"])
+def test_migrate_text_quotes_odd_targets_as_setup_does(target: str) -> None:
+    text = (
+        "Host cloudx-dev-*\n"
+        f"    IdentityFile {SRC}/vscode\n"
+        f"    ProxyCommand /usr/bin/python3 /opt/cloudx_proxy.pyz connect %h %p --ssh-dir={SRC}\n"
+    )
+    new, _ = cp.migrate_config_text(text, SRC, target, HOME, {"--profile": "vscode", "--ssh-key": "vscode"})
+    ident = next(line for line in new.splitlines() if "IdentityFile" in line).split(None, 1)[1]
+    assert cp.ssh_words(ident) == [(target + "/vscode").replace("%", "%%")]
+    assert ident == cp.quote_config_value(target + "/vscode")
+    proxy = next(line for line in new.splitlines() if "ProxyCommand" in line).split(None, 1)[1]
+    # what sh runs after ssh's %-expansion (%h/%p filled in)
+    argv = shlex.split(proxy.replace("%h", "i-1").replace("%p", "22").replace("%%", "%"))
+    assert argv == [
+        "/usr/bin/python3", "/opt/cloudx_proxy.pyz", "connect", "i-1", "22",
+        "--profile", "vscode", "--ssh-key", "vscode", f"--ssh-dir={target}",
+    ]  # fmt: skip
+
+
+def test_migrate_adds_no_flags_when_cloudx_already_set_the_defaults(tmp_path: Path) -> None:
+    legacy = _legacy_home(tmp_path)
+    (tmp_path / ".ssh" / "cloudX").mkdir(mode=0o700)  # flag-less connects already used cloudX defaults
+    target = tmp_path / "elsewhere"
+    res = run(tmp_path, "migrate", "--target-dir", str(target))
+    assert res.returncode == 0, res.stderr
+    assert not legacy.exists()
+    config = (target / "config").read_text()
+    assert "ProxyCommand uvx cloudx-proxy connect %h %p\n" in config
+    assert f"IdentityFile {target}/vscode\n" in config
+
+
+def test_migrate_refuses_a_target_inside_the_legacy_dir(tmp_path: Path) -> None:
+    legacy = _legacy_home(tmp_path)
+    res = run(tmp_path, "migrate", "--target-dir", str(legacy / "sub"))
+    assert res.returncode == 2 and (legacy / "config").exists()
 
 
 def test_migrate_without_legacy_dir(tmp_path: Path) -> None:

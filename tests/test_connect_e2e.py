@@ -382,7 +382,7 @@ BAD_INPUTS = [
     ["i-0123456789abcdef0", "--aws-env", "../../etc"],
     ["i-0123456789abcdef0", "--user", "root;id"],
     ["i-0123456789abcdef0", "--timeout", "soon"],
-    ["I-0123456789ABCDEF0"],
+    ["I-0123456789ABCDEFG"],
     [],
     ["i-0123456789abcdef0", "--bogus"],
 ]

@@ -89,13 +89,14 @@ def op(tmp_path: Path, agent: Path) -> OpStub:
 
 
 def setup(
-    rig: Rig, home: Home, pyz: Path, env: dict[str, str], *args: str, timeout: float = 240
+    rig: Rig, home: Home, pyz: Path, env: dict[str, str], *args: str, timeout: float = 240, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run `python pyz setup ARGS` with the given environment (rig env + the op stub)."""
     return subprocess.run(
         [sys.executable, str(pyz), "setup", *args],
         env=env,
-        stdin=subprocess.DEVNULL,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -141,7 +142,12 @@ def assert_no_private_key_output(res: subprocess.CompletedProcess[str]) -> None:
 def assert_contract_calls(op: OpStub) -> None:
     """Every op call setup made is one of the contract's, and it never read a private key."""
     for argv in op.calls():
-        assert argv[:1] in (["--version"], ["whoami"], ["item"], ["read"]), argv
+        assert argv[:1] in (["--version"], ["whoami"], ["item"], ["read"]) or argv == [
+            "vault",
+            "list",
+            "--format",
+            "json",
+        ], argv
         if argv[:1] == ["read"]:
             assert argv[1].endswith("/public key"), f"setup read {argv[1]!r}"
     for rec in op.records():
@@ -438,3 +444,62 @@ def test_dry_run_creates_no_item_and_writes_nothing(rig: Rig, ophome: Home, pyz:
     assert_contract_calls(op)
     after = sorted(p.relative_to(ophome.path) for p in ophome.path.rglob("*") if ".cache" not in p.parts)
     assert after == before
+
+
+def test_item_titled_with_the_plain_key_name_is_found(
+    rig: Rig, ophome: Home, pyz: Path, op: OpStub, agent: Path
+) -> None:
+    """As the reference: 'cloudX SSH Key - K' or, failing that, an item titled just 'K'."""
+    seeded = op.add_item("cloudX")
+    op.clear_calls()
+    iid = rig.add_instance()
+    res = setup(
+        rig, ophome, pyz, op.env(rig.env(ophome)), "--instance", iid, "--hostname", "op12", "--1password", "--yes"
+    )
+    assert res.returncode == 0, res.stderr
+    assert "found 'cloudX' in vault Private" in res.stderr
+    assert op.calls("item", "create") == [] and len(op.items()) == 1
+    assert (ophome.ssh_dir / "cloudX.pub").read_text().split()[:2] == seeded["public_key"].split()
+    assert_contract_calls(op)
+
+
+def test_interactive_vault_choice_when_the_vault_is_missing(rig: Rig, ophome: Home, pyz: Path, op: OpStub) -> None:
+    iid = rig.add_instance()
+    env = op.env(rig.env(ophome))
+    res = setup(rig, ophome, pyz, env, "--instance", iid, "--hostname", "op13", "--1password", "Nope", stdin="1\n")
+    assert res.returncode == 0, res.stderr
+    assert "vault 'Nope' not found" in res.stderr and "1. Private" in res.stderr and "2. Work" in res.stderr
+    assert [(i["title"], i["vault"]["name"]) for i in op.items()] == [(TITLE, "Private")]
+    assert op.calls("vault", "list") == [["vault", "list", "--format", "json"]]
+    assert_contract_calls(op)
+
+
+def test_op_missing_falls_back_to_a_key_on_disk_when_chosen(rig: Rig, ophome: Home, pyz: Path) -> None:
+    """Interactive: 1Password unavailable, the user accepts a key on disk (with --yes: an error, as
+    the reference, see test_op_missing)."""
+    iid = rig.add_instance()
+    res = setup(rig, ophome, pyz, rig.env(ophome), "--instance", iid, "--hostname", "op14", "--1password", stdin="y\n")
+    assert res.returncode == 0, res.stderr
+    assert "1Password is not available" in res.stderr and "warning: not using 1Password" in res.stderr
+    assert mode(ophome.ssh_dir / "cloudX") == 0o600, "a key pair on disk"
+    text = (ophome.ssh_dir / "config").read_text()
+    assert f"IdentityFile {ophome.ssh_dir / 'cloudX'}\n" in text and "IdentityAgent" not in text
+
+
+def test_public_key_whose_private_key_is_in_an_agent(rig: Rig, ophome: Home, pyz: Path, agent: Path) -> None:
+    """Only <key>.pub on disk, its private key in an agent: accepted with a warning, and ssh
+    logs in through the agent."""
+    key = ophome.ssh_dir / "cloudX"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    env = {**rig.env(ophome), "SSH_AUTH_SOCK": str(agent)}
+    subprocess.run(["ssh-add", "-q", str(key)], env=env, check=True, capture_output=True)
+    key.unlink()
+    iid = rig.add_instance()
+    res = setup(rig, ophome, pyz, env, "--instance", iid, "--hostname", "op15", "--yes")
+    assert res.returncode == 0, res.stderr
+    assert "has no private key beside it" in res.stderr
+    config = ophome.ssh_dir / "config"
+    assert f"IdentityFile {key}.pub\n" in config.read_text()
+    argv = ssh_config_argv(ophome, config, "cloudX-dev-op15", "echo", "agent-ok")
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert (res.returncode, res.stdout) == (0, "agent-ok\n"), res.stderr

@@ -95,6 +95,8 @@ def accepted_is_safe(kind: str, value: Any, result: Any) -> None:
     if kind == "timeout":
         assert isinstance(result, float) and 1 <= result <= 3600 and result == float(value)
         return
+    if kind == "instance id":  # any case accepted, returned as EC2 spells it
+        value = value.lower()
     assert result == value and isinstance(result, str), "returned unchanged"
     if kind in ("path", "config path"):
         assert value and not set(value) & set("\0\n\r")
@@ -177,7 +179,7 @@ def test_setup_options_are_validated_before_anything_runs(field: str, value: str
         assert s.op_vault == value and value.strip() and len(value) <= 100
         assert not set(value) & set("\0\r\n/")
     elif field == "instance":
-        assert s.instance == value and len(value) <= 255 and not set(value) & set("\0\r\n")
+        assert s.instance in (value, value.lower()) and len(value) <= 255 and not set(value) & set("\0\r\n")
         assert not value.startswith("i-") or cp.INSTANCE_ID_RE.fullmatch(value)
     elif field in ("ssh_dir", "ssh_config"):
         assert os.path.isabs(s.ssh_dir) and os.path.isabs(s.ssh_config)

@@ -21,13 +21,20 @@ def test_instance_id_accepted(value: str) -> None:
     assert cp.validate_instance_id(value) == value
 
 
+@pytest.mark.parametrize("value", ["I-0123456789ABCDEF0", "i-0123456789ABCdef0", "I-ABCDEF01"])
+def test_instance_id_in_upper_case_is_accepted_and_lowered(value: str) -> None:
+    assert cp.validate_instance_id(value) == value.lower()
+    assert cp.is_instance_id(value)
+
+
 @pytest.mark.parametrize(
     "value",
     [
         "",
         "i-",
         "i-123",
-        "i-0123456789ABCDEF0",
+        "i-0123456789ABCDEFG",
+        "\u0130-12345678",
         "i-0123456789abcdef",
         "i-0123456789abcdef01",
         "x-12345678",
@@ -156,6 +163,104 @@ def test_default_profile_and_key(tmp_path: Path) -> None:
     assert cp.default_profile_and_key(home) == ("vscode", "vscode", os.path.join(home, ".ssh", "vscode"))
     (tmp_path / ".ssh" / "cloudX").mkdir()
     assert cp.default_profile_and_key(home)[:2] == ("cloudX", "cloudX")
+
+
+def _setup_args(**over: object) -> object:
+    from argparse import Namespace
+
+    base: dict[str, object] = dict(
+        profile=None, ssh_key=None, ssh_config=None, ssh_dir=None, aws_env=None, op_vault=None,
+        instance=None, hostname=None, environment=None, ssh_host_prefix="cloudX", yes=True, dry_run=True,
+    )  # fmt: skip
+    base.update(over)
+    return Namespace(**base)
+
+
+def test_setup_works_in_a_legacy_vscode_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only ~/.ssh/vscode: setup stays there with its defaults (creating ~/.ssh/cloudX would change
+    what flag-less ProxyCommands resolve to); explicit options and ~/.ssh/cloudX win."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    vscode = tmp_path / ".ssh" / "vscode"
+    vscode.mkdir(parents=True)
+    s = cp.Setup(_setup_args(), {})  # type: ignore[arg-type]
+    assert (s.legacy, s.ssh_dir, s.profile, s.key) == (True, str(vscode), "vscode", "vscode")
+    assert s.ssh_config == str(vscode / "config") and s.key_path == str(vscode / "vscode")
+    s = cp.Setup(_setup_args(profile="p", ssh_key="k"), {})  # type: ignore[arg-type]
+    assert (s.legacy, s.ssh_dir, s.profile, s.key) == (True, str(vscode), "p", "k")
+    s = cp.Setup(_setup_args(ssh_dir=str(tmp_path / "d")), {})  # type: ignore[arg-type]
+    assert (s.legacy, s.profile) == (False, "cloudX")
+    (tmp_path / ".ssh" / "cloudX").mkdir()
+    s = cp.Setup(_setup_args(), {})  # type: ignore[arg-type]
+    assert (s.legacy, s.ssh_dir, s.profile) == (False, str(tmp_path / ".ssh" / "cloudX"), "cloudX")
+
+
+def test_setup_instance_in_upper_case_is_lowered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cp.Setup(_setup_args(instance="I-0123456789ABCDEF0"), {}).instance == IID  # type: ignore[arg-type]
+    assert cp.Setup(_setup_args(instance="I-web"), {}).instance == "I-web", "a Name tag stays a Name tag"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "facts,action",
+    [
+        ((False, True, False, False, False), "none"),  # not macOS
+        ((True, False, False, False, False), "none"),  # 1Password's socket absent
+        ((True, True, False, False, False), "create"),
+        ((True, True, True, True, True), "ok"),
+        ((True, True, True, True, False), "replace"),  # a symlink elsewhere
+        ((True, True, False, True, False), "replace"),  # a dangling symlink
+        ((True, True, True, False, False), "keep"),  # a real socket: maybe a running agent
+    ],
+)
+def test_op_agent_link_action(facts: tuple[bool, bool, bool, bool, bool], action: str) -> None:
+    assert cp.op_agent_link_action(*facts) == action
+
+
+def test_op_agent_link_on_macos_creates_and_repairs_the_symlink(tmp_path: Path) -> None:
+    home = str(tmp_path)
+    mac = tmp_path / "Library" / "Group Containers" / "2BUA8C4S2C.com.1password" / "t" / "agent.sock"
+    link = tmp_path / ".1password" / "agent.sock"
+    assert cp.op_agent_link(home, "darwin") is None and not link.parent.exists(), "no 1Password socket: nothing"
+    mac.parent.mkdir(parents=True)
+    mac.touch()
+    assert cp.op_agent_link(home, "linux") is None and not link.parent.exists(), "only on macOS"
+    assert cp.op_agent_link(home, "darwin") == str(link)
+    assert link.is_symlink() and os.readlink(link) == str(mac)
+    assert (link.parent.stat().st_mode & 0o777) == 0o700
+    link.unlink()
+    link.symlink_to(tmp_path / "old.sock")
+    assert cp.op_agent_link(home, "darwin") == str(link) and os.readlink(link) == str(mac), "repointed"
+    link.unlink()
+    link.write_text("a live socket")
+    assert cp.op_agent_link(home, "darwin") == str(link) and link.read_text() == "a live socket", "never deleted"
+
+
+def test_moved_path_whole_components() -> None:
+    h, src, dst = "/home/u", "/home/u/.ssh/vscode", "/t/new"
+    assert cp.moved_path("/home/u/.ssh/vscode/key", src, dst, h) == "/t/new/key"
+    assert cp.moved_path("/home/u/.ssh/vscode", src, dst, h) == "/t/new"
+    assert cp.moved_path("/home/u/.ssh/vscode-old/key", src, dst, h) is None
+    assert cp.moved_path("/home/u/.ssh/vscodex", src, dst, h) is None
+    assert cp.moved_path("~/.ssh/vscode/key", src, "/home/u/.ssh/cloudX", h) == "~/.ssh/cloudX/key"
+    assert cp.moved_path("~/.ssh/vscode/key", src, dst, h) == "/t/new/key"
+    assert cp.moved_path("${HOME}/.ssh/vscode/k", src, dst, h) == "/t/new/k"
+    assert cp.moved_path("vscode/config", src, dst, h, "/home/u/.ssh") == "/t/new/config"
+    assert cp.moved_path("vscode/config", src, dst, h) is None
+
+
+@pytest.mark.parametrize("line", ["a 'b c' \"d $e\" f\\ g", "x;y|z && w", "p --o='q r' %h %%p", "unterminated 'x"])
+def test_sh_words_agree_with_shlex(line: str) -> None:
+    import shlex
+
+    words = cp.sh_words(line)
+    if "unterminated" in line:
+        assert words is None
+        return
+    assert words is not None
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|<>()")
+    lexer.whitespace_split = True
+    assert [w[2] for w in words] == list(lexer)
+    assert all(line[a:b].strip() == line[a:b] and line[a:b] for a, b, _ in words)
 
 
 def test_resolve_region_order() -> None:
@@ -375,3 +480,42 @@ def test_no_color_on_a_terminal_when_asked(tmp_path: Path) -> None:
     assert "\033[31merror" in runs["tty"].stdout
     assert "\033[" not in runs["NO_COLOR"].stdout and "error:" in runs["NO_COLOR"].stdout
     assert "\033[" not in runs["--no-color"].stdout and "error:" in runs["--no-color"].stdout
+
+
+def test_setup_dry_run_without_an_aws_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No aws CLI anywhere (PATH and the standard install places) and no ~/.aws: the dry run
+    still shows the aws calls it would make and the diffs, and writes nothing."""
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ssh", "ssh-keygen"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(cp, "_standard_dirs", lambda program: [])
+    argv = ["setup", "--dry-run", "--yes", "--instance", "I-0123456789ABCDEF0", "--environment", "dev"]
+    assert cp.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: aws not found" in err
+    assert "would run: aws sts get-caller-identity --profile cloudX" in err
+    assert "would run: aws ec2 describe-instances --instance-ids i-0123456789abcdef0" in err
+    assert "+Host cloudX-dev-instance-abcdef0" in err and "+    HostName i-0123456789abcdef0" in err
+    assert "would create an ed25519 key pair" in err
+    assert [p for p in home.rglob("*") if ".cache" not in p.parts] == []
+
+
+def test_connect_takes_an_instance_id_in_upper_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ssh lowercases %h itself, but connect run by hand (or by another tool) gets it as typed."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cp.main(["connect", "I-0123456789ABCDEF0", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "[dry run] connect i-0123456789abcdef0 port 22" in err and "I-0" not in err

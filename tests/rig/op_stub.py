@@ -8,6 +8,7 @@ Installed by :func:`install_op` (or :class:`OpStub`) as an executable `op` with 
     op item list --categories "SSH Key" --format json          (all vaults)
     op item create --category "SSH Key" --title T --vault V --ssh-generate-key ed25519 --format json
     op read "op://<vault name or id>/<item id or title>/<field label or id>"
+    op vault list --format json
 
 `--flag value` and `--flag=value` are both accepted (as the real op does). Anything else
 (another subcommand, an unknown flag, a stray argument) exits 1 with an `[ERROR]` line, so a
@@ -366,6 +367,16 @@ def cmd_read(state: dict[str, Any], args: list[str]) -> str:
     return str(matches[0][key]) + "\n"
 
 
+def cmd_vault_list(state: dict[str, Any], args: list[str]) -> str:
+    flags, _ = parse_flags(args, {"--format": True})
+    as_json = check_format(flags)
+    require_signed_in(state)
+    vaults = [{"id": v["id"], "name": v["name"], "content_version": 1} for v in state["vaults"]]
+    if as_json:
+        return json.dumps(vaults, indent=2) + "\n"
+    return "\n".join([f"{'ID':<28}NAME"] + [f"{v['id']:<28}{v['name']}" for v in vaults]) + "\n"
+
+
 def dispatch(state: dict[str, Any], argv: list[str]) -> str:
     if argv == ["--version"]:
         return str(state.get("version", VERSION)) + "\n"
@@ -377,6 +388,8 @@ def dispatch(state: dict[str, Any], argv: list[str]) -> str:
         return cmd_item_create(state, argv[2:])
     if argv[:1] == ["read"]:
         return cmd_read(state, argv[1:])
+    if argv[:2] == ["vault", "list"]:
+        return cmd_vault_list(state, argv[2:])
     shown = " ".join(argv) or "(nothing)"
     raise OpError(f"op stub: unknown command or flag: {shown} (outside the setup contract)")
 

@@ -151,7 +151,7 @@ def test_proxy_command_quoting() -> None:
     )
     assert cmd == (
         "/usr/bin/python3 '/opt/my tools/cloudx_proxy.pyz' connect %h %p --profile prof --ssh-key key "
-        "--ssh-dir /home/u/.ssh/100%%/cloudX --aws-env prod"
+        "--ssh-dir /home/u/.ssh/100%%/cloudX --aws-env prod --user %r"
     )
     assert "--aws-env" not in cp.render_proxy_command(["x"], "p", "k", "/d", None)
     win = cp.render_proxy_command(

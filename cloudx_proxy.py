@@ -454,6 +454,7 @@ def push_record_fresh(record: object, expect: dict[str, str], now: float, window
 CONFIG_PATH_FORBIDDEN = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 HOST_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}")
 SECTION_RE = re.compile(r"[\s\ufeff]*(host|match)(?:\s*=\s*|\s+)(.*?)\s*$", re.I)
+KEYWORD_RE = re.compile(r"[\s\ufeff]*([A-Za-z][A-Za-z0-9]*)")
 BANNER_PREFIXES = ("# Created by cloudX-proxy", "# Created by cloudx-proxy", "# Configuration type:")
 # PyPI cloudx-proxy 0.17 heads its file with a version line and puts a section banner
 # (rule, title, rule, blank line) above its generic block, each environment and its
@@ -3258,69 +3259,188 @@ def doctor_instance(
 # ---------------------------------------------------------------------------
 # cleanup and migrate
 # ---------------------------------------------------------------------------
-def canonical_config(text: str, when: str) -> tuple[str, list[str]]:
-    """Our blocks in three-tier order with fresh banners, duplicates dropped (last wins).
+def glob_overlap(a: str, b: str) -> bool:
+    """True if some host name matches both ssh patterns ('*' and '?'); case is ignored, to err on the safe side."""
+    a, b = a.lower(), b.lower()
+    if not any(c in "*?" for c in a + b):
+        return a == b
+    memo: dict[tuple[int, int], bool] = {}
 
-    Foreign lines before the first block stay first; foreign blocks follow
-    ours, in their order, byte for byte. Returns the text and what was dropped.
+    def meet(i: int, j: int) -> bool:
+        if (i, j) not in memo:
+            memo[i, j] = False  # a cycle (two '*' consuming nothing) proves nothing
+            found = i == len(a) and j == len(b)
+            found = found or (i < len(a) and a[i] == "*" and meet(i + 1, j))
+            found = found or (j < len(b) and b[j] == "*" and meet(i, j + 1))
+            if not found and i < len(a) and j < len(b) and (a[i] in "*?" or b[j] in "*?" or a[i] == b[j]):
+                step = (i if a[i] == "*" else i + 1, j if b[j] == "*" else j + 1)
+                found = step != (i, j) and meet(*step)
+            memo[i, j] = found
+        return memo[i, j]
+
+    return meet(0, 0)
+
+
+def block_keywords(block: ConfigBlock) -> list[tuple[str, str]]:
+    """(keyword, value) of each directive below a block's Host/Match line."""
+    found = (parse_directive(ln) for ln in block.lines[block.header_index() + 1 :])
+    return [(p[0], p[1]) for p in found if p]
+
+
+def block_facts(block: ConfigBlock, words: list[str]) -> tuple[str | None, frozenset[str], tuple[str, ...]]:
+    """What blocks_commute needs of a block: its keyword, the keywords it sets, its positive Host patterns."""
+    keys = (KEYWORD_RE.match(ln) for ln in block.lines[block.header_index() + 1 :])
+    return block.keyword, frozenset(k.group(1).lower() for k in keys if k), tuple(w for w in words if w[:1] != "!")
+
+
+def blocks_commute(
+    a: tuple[str | None, frozenset[str], tuple[str, ...]], b: tuple[str | None, frozenset[str], tuple[str, ...]]
+) -> bool:
+    """True if swapping two adjacent blocks (their block_facts) cannot change what ssh resolves for any host.
+
+    ssh takes most settings from the first block that sets them (others add up in
+    order), so two Host blocks commute when no host matches both or they set no
+    keyword in common. Match blocks (their conditions read settings) and Include
+    lines commute with nothing.
     """
+    if a[0] != "host" or b[0] != "host":
+        return False
+    if a[1].isdisjoint(b[1]) and "include" not in a[1] | b[1]:
+        return True
+    return not any(glob_overlap(x, y) for x in a[2] for y in b[2])
+
+
+def _ineffective(block: ConfigBlock, earlier: ConfigBlock) -> bool:
+    """True if ssh never uses a line of `block` because `earlier` (before it) matches every host it does.
+
+    Every directive must be a first-wins keyword that `earlier` sets, or an
+    IdentityFile `earlier` names too; a comment counts as the user's and keeps it.
+    """
+    words, before = block.words(), earlier.words()
+    if not words or any(w.startswith("!") for w in words + before) or not set(words) <= set(before):
+        return False
+    rest = block.lines[block.header_index() + 1 :]
+    if any(ln.lstrip().startswith("#") and not ln.startswith(BANNER_PREFIXES) for ln in rest):
+        return False
+    theirs = block_keywords(earlier)
+    keys = {k for k, _ in theirs}
+    return all(
+        (k in FIRST_WINS_KEYWORDS and k in keys) or (k == "identityfile" and (k, v) in theirs)
+        for k, v in block_keywords(block)
+    )
+
+
+def _convert_prefix(block: ConfigBlock, prefix: str, newline: str) -> None:
+    """cleanup --ssh-host-prefix: put that spelling first on a wildcard Host line of ours (adding it if
+    missing), and name it in PyPI cloudx-proxy's 'uvx cloudX-proxy' as the original's cleanup did."""
+    words = block.words()
+    if not words or words[0][: len(prefix)].lower() != prefix.lower():
+        return
+    first = prefix + words[0][len(prefix) :]
+    if words[0] != first:
+        i = block.header_index()
+        line = block.lines[i]
+        cut = re.search(r"\s#", line)
+        comment = line[cut.start() :].rstrip("\r\n") if cut else ""
+        block.lines[i] = "Host " + " ".join(dict.fromkeys([first, *words])) + comment + newline
+    if prefix.lower() == "cloudx":
+        block.lines = [re.sub(r"\buvx cloud[xX]-proxy\b", f"uvx {prefix}-proxy", ln) for ln in block.lines]
+
+
+def canonical_config(text: str, when: str, prefix: str | None = None) -> tuple[str, list[str]]:
+    """Our blocks in three-tier order with fresh banners, without copies ssh never reads.
+
+    Nothing ssh resolves for any host changes: a block moves past another only
+    where the two commute (blocks_commute), so a user's block that must stay
+    before ours does; foreign blocks keep their order and their bytes. A later
+    block of ours is dropped only if every line of it is shadowed by an earlier
+    block for the same hosts (ssh uses the first). PyPI cloudx-proxy's banners
+    become ours. With `prefix`, wildcard Host lines of ours lead with that
+    spelling (see _convert_prefix). Returns the text and what was done.
+    """
+    import heapq
+
     newline = "\r\n" if "\r\n" in text else "\n"
     parsed = parse_cloudx_config(text)
     envs: dict[str, dict[str, Any]] = parsed["environments"]
-    env_of = {h["host"].lower(): h["environment"] for h in parsed["hosts"]}
+    env_of = {h["host"].lower(): h["environment"].lower() for h in parsed["hosts"]}
     generic_patterns = {p.lower() for p in parsed["generic"]}
     env_patterns = {str(e["pattern"]).lower(): name for name, e in envs.items()}
     blocks = split_config(text)
-    preamble, foreign = blocks[0], []
-    ours: dict[tuple[str, str], ConfigBlock] = {}
-    order: list[tuple[str, str]] = []
-    dropped = []
-    for block in blocks[1:]:
-        words = split_patterns(block.patterns.split("#")[0]) if block.keyword == "host" else []
-        pattern = words[0].lower() if len(words) == 1 else ""
-        kind = (
-            "generic"
-            if pattern in generic_patterns
-            else "environment"
-            if pattern in env_patterns
-            else "host"
-            if pattern in env_of
-            else ""
-        )
-        if not kind:
-            foreign.append(block)
+    preamble, rest = blocks[0], blocks[1:]
+    notes: list[str] = []
+
+    words_of = [b.words() for b in rest]
+
+    def kind_of(i: int) -> str:
+        words = {w.lower() for w in words_of[i]}
+        pattern = words.pop() if len(words) == 1 else ""
+        if pattern in generic_patterns:
+            return "generic"
+        return "environment" if pattern in env_patterns else "host" if pattern in env_of else ""
+
+    kinds = [kind_of(i) for i in range(len(rest))]
+    kept: list[int] = []
+    for i, block in enumerate(rest):
+        if kinds[i] and any(kinds[j] and _ineffective(block, rest[j]) for j in kept):
+            notes.append(
+                f"dropped duplicate {kinds[i]} block Host {' '.join(block.words())} (ssh reads an earlier one)"
+            )
             continue
-        key = (kind, pattern)
-        if key in ours:
-            dropped.append(f"dropped duplicate {kind} block Host {words[0]} (the later one is kept)")
-        else:
-            order.append(key)
-        ours[key] = block
+        kept.append(i)
+
+    def sort_key(i: int) -> tuple[int, str, int, str, int]:
+        kind, pattern = kinds[i], (words_of[i] or [""])[0].lower()
+        if kind == "generic":
+            return (0, "", 0, "", i)
+        if kind:
+            env = env_patterns.get(pattern) or env_of.get(pattern, "")
+            return (1, env, 0 if kind == "environment" else 1, pattern, i)
+        return (2, "", 0, "", i)
+
+    after: dict[int, list[int]] = {i: [] for i in kept}
+    waiting = dict.fromkeys(kept, 0)
+    foreign = [i for i in kept if not kinds[i]]
+    for x, y in zip(foreign, foreign[1:]):  # the user's blocks keep their order
+        after[x].append(y)
+        waiting[y] += 1
+    facts = {i: block_facts(rest[i], words_of[i]) for i in kept}
+    ours = [i for i in kept if kinds[i]]
+    for x, y in sorted({(min(i, j), max(i, j)) for i in ours for j in kept if i != j}):
+        if not blocks_commute(facts[x], facts[y]):
+            after[x].append(y)
+            waiting[y] += 1
+    keys = {i: sort_key(i) for i in kept}
+    ready = [keys[i] for i in kept if not waiting[i]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)[-1]
+        order.append(i)
+        for j in after[i]:
+            waiting[j] -= 1
+            if not waiting[j]:
+                heapq.heappush(ready, keys[j])
 
     def body(block: ConfigBlock) -> list[str]:
-        lines = [ln for ln in block.lines if not ln.startswith(BANNER_PREFIXES)]
+        lines = [ln for ln in block.lines[block.header_index() :] if not ln.startswith(BANNER_PREFIXES)]
         while lines and not lines[-1].strip():
             lines.pop()
         return [ln if ln.endswith("\n") else ln + newline for ln in lines]
 
-    def sort_key(key: tuple[str, str]) -> tuple[int, str, int, str]:
-        kind, pattern = key
-        if kind == "generic":
-            return (0, "", 0, pattern)
-        env = env_patterns.get(pattern) or env_of.get(pattern, "").lower()
-        return (1, env, 0 if kind == "environment" else 1, pattern)
-
-    out = [ln for ln in preamble.lines if not ln.startswith(BANNER_PREFIXES)]
+    out = [ln for ln in preamble.lines if not ln.startswith(BANNER_PREFIXES) and not ORIGINAL_HEADER_RE.fullmatch(ln)]
     while out and not out[-1].strip():
         out.pop()
     if out:
         out[-1] = out[-1] if out[-1].endswith("\n") else out[-1] + newline
         out.append(newline)
-    for key in sorted(order, key=sort_key):
-        out += _block_lines(render_banner(key[0], when), newline) + body(ours[key]) + [newline]
-    for block in foreign:
-        out += body(block) + [newline]
-    return "".join(out).rstrip("\r\n") + newline, dropped
+    for i in order:
+        block, kind = rest[i], kinds[i]
+        if kind and prefix and kind != "host":
+            _convert_prefix(block, prefix, newline)
+        banner = _block_lines(render_banner(kind, when), newline) if kind else []
+        out += banner + body(block) + [newline]
+    return "".join(out).rstrip("\r\n") + newline, notes
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -3335,8 +3455,10 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         raise CloudxError(f"no SSH config at {path}", f"run '{PROG} setup' first, or pass --ssh-config")
     notes: list[str] = []
 
+    prefix = validate_host_part("--ssh-host-prefix", args.ssh_host_prefix) if args.ssh_host_prefix else None
+
     def update(old: str) -> str:
-        new, dropped = canonical_config(old, time.strftime("%Y-%m-%d %H:%M:%S"))
+        new, dropped = canonical_config(old, time.strftime("%Y-%m-%d %H:%M:%S"), prefix)
         notes.extend(dropped)
         # Only the banners' dates changed: nothing to clean.
         same = [ln for ln in new.splitlines() if not ln.startswith("# Created by")] == [
@@ -3610,6 +3732,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--ssh-config", help="SSH config (default: ~/.ssh/cloudX/config)")
+    p.add_argument(
+        "--ssh-host-prefix",
+        help="convert between cloudx and cloudX: wildcard Host lines lead with this spelling (host names are kept)",
+    )
     p.add_argument("--dry-run", action="store_true", help="show the diff; write nothing")
     p.set_defaults(func=cmd_cleanup)
     p = sub.add_parser(

@@ -902,6 +902,47 @@ def merge_config(
     return merged.rstrip("\r\n") + newline, notes
 
 
+def adopt_config(text: str, program: list[str], when: str, windows: bool = False) -> tuple[str, list[str]]:
+    """Take over a config PyPI cloudx-proxy wrote: its ProxyCommands run this program, its banners become ours.
+
+    In setup's generic and environment blocks (any case spellings), a ProxyCommand
+    running the original ('uvx cloudx-proxy connect …') is rewritten in place by
+    adopt_proxy_command; the original's section banners and 'Managed by' line are
+    replaced by our banners. No other line changes. Returns the text and one note
+    per adopted ProxyCommand.
+    """
+    newline = "\r\n" if "\r\n" in text or text.endswith("\r") else "\n"
+    parsed = parse_cloudx_config(text)
+    kinds = {p.lower(): "generic" for p in parsed["generic"]}
+    kinds.update({str(e["pattern"]).lower(): "environment" for e in parsed["environments"].values()})
+    blocks = split_config(text)
+    notes: list[str] = []
+    changed = False
+    for block in blocks[1:]:
+        words = {w.lower() for w in block.words()}
+        kind = kinds.get(words.pop(), "") if len(words) == 1 else ""
+        if not kind:
+            continue
+        adopted = False
+        for i in _directive_indexes(block, "proxycommand"):
+            value = (parse_directive(block.lines[i]) or ("", "", ""))[1]
+            command = adopt_proxy_command(value, program, windows)
+            if command is not None:
+                block.lines[i] = block.lines[i].replace(value, command, 1)
+                program_was = value.split(" connect", 1)[0]
+                notes.append(
+                    f"Host {' '.join(block.words())}: the ProxyCommand ran '{program_was.strip()}', "
+                    f"now {quote_argv(program)} (same arguments, plus --user %r)"
+                )
+                adopted = True
+        if adopted or block.original_banner():
+            _set_banner(block, kind, when, newline)
+            changed = True
+    if changed:
+        _drop_original_header(blocks)
+    return join_config(blocks), notes
+
+
 def find_block(text: str, pattern: str) -> ConfigBlock | None:
     """The first Host block of that pattern (any case spellings) in a config, if any."""
     return next((b for b in split_config(text) if b.is_host(pattern)), None)
@@ -2608,43 +2649,31 @@ def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str
     result = {"host": f"{s.prefix}-{env}-{hostname}"}
 
     def update(old: str) -> str:
-        env_name, host = existing_names(old, s.prefix, env, hostname)
+        text, adopted = adopt_config(old, program, s.when, s.windows)
+        for note in adopted:
+            log(f"  adopting {note}")
+        s.adopted += adopted
+        env_name, host = existing_names(text, s.prefix, env, hostname)
         if env_name != env:
             log(f"  using the existing environment '{env_name}' (matched '{env}')")
         result["host"] = host
         # A host spelled differently (cloudx-… under prefix cloudX) must still match the wildcard blocks.
-        spellings = " ".join(dict.fromkeys([s.prefix, host[: len(s.prefix)]]))
-        generic = render_generic_block(s.prefix, s.windows).replace(
-            f"Host {s.prefix}-*", f"Host {spellings.replace(' ', '-* ')}-*", 1
-        )
+        spellings = list(dict.fromkeys([s.prefix, host[: len(s.prefix)]]))
+        generic = render_generic_block(s.prefix, s.windows)
+        generic = generic.replace(f"Host {s.prefix}-*", "Host " + " ".join(f"{p}-*" for p in spellings), 1)
         env_pattern = f"{s.prefix}-{env_name}-*"
         env_block = render_env_block(s.prefix, env_name, render_identity(s.key_path, agent), proxy)
         env_block = env_block.replace(
-            f"Host {env_pattern}", "Host " + " ".join(f"{p}-{env_name}-*" for p in spellings.split()), 1
+            f"Host {env_pattern}", "Host " + " ".join(f"{p}-{env_name}-*" for p in spellings), 1
         )
         replace = {host}
-        env_text = env_block
-        current = find_block(old, env_pattern)
+        current = find_block(text, env_pattern)
         if current is not None:
-            lines = current.lines[current.header_index() :]
-            proxy_line = next((p[1] for p in map(parse_directive, lines) if p and p[0] == "proxycommand"), "")
-            adopted = adopt_proxy_command(proxy_line, program, s.windows)
-            if adopted is not None:
-                lines = [ln for ln in lines if (parse_directive(ln) or ("",))[0] != "proxycommand"]
-                lines.append(f"    ProxyCommand {adopted}\n")
-                env_text = "".join(lines)
-                replace.add(env_pattern)
-                first = proxy_line.split(" connect", 1)[0]
-                s.adopted.append(
-                    f"Host {' '.join(current.words())}: ProxyCommand '{first} connect …' now runs {PROG} (same flags)"
-                )
-                log(f"  adopting Host {' '.join(current.words())}: its ProxyCommand ({first}) now runs this program")
             wanted = ConfigBlock("host", env_pattern, env_block.splitlines())
-            effective = ConfigBlock("host", env_pattern, env_text.splitlines()) if adopted else current
-            if env_settings(effective.lines, s.home) != env_settings(wanted.lines, s.home):
+            if env_settings(current.lines, s.home) != env_settings(wanted.lines, s.home):
                 import difflib
 
-                diff = difflib.unified_diff(effective.body(), wanted.body(), "current", "setup", lineterm="", n=5)
+                diff = difflib.unified_diff(current.body(), wanted.body(), "current", "setup", lineterm="", n=5)
                 for line in diff:
                     print(f"    {line}", file=sys.stderr)
                 if s.yes or s.dry_run:
@@ -2654,11 +2683,10 @@ def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str
                     .lower()
                     .startswith("r")
                 ):
-                    env_text = env_block
                     replace.add(env_pattern)
         blocks = [
             ("generic", f"{s.prefix}-*", generic),
-            ("environment", env_pattern, env_text),
+            ("environment", env_pattern, env_block),
             (
                 "host",
                 host,
@@ -2667,11 +2695,9 @@ def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str
                 ),
             ),
         ]
-        new, notes = merge_config(old, blocks, replace, s.when)
+        new, notes = merge_config(text, blocks, replace, s.when)
         for note in notes:
             log(f"  {note}")
-            if note.startswith("adopted "):
-                s.adopted.append(note[len("adopted ") :])
         return new
 
     old, new = update_file(s.ssh_config, update, s.cache, s.dry_run)
@@ -2784,7 +2810,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         return EXIT_OK
     rc = check_instance(s, host)
     if s.adopted:
-        print("Adopted the configuration PyPI cloudx-proxy wrote (every other line kept as it was):")
+        print("Adopted the configuration PyPI cloudx-proxy wrote (banners are ours now, every other line kept):")
         print("".join(f"    {line}\n" for line in dict.fromkeys(s.adopted)))
     print(f"Setup complete. Connect with:\n    ssh {host}\n")
     print("VSCode settings.json:")

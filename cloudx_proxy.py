@@ -788,7 +788,7 @@ def _add_patterns(block: ConfigBlock, patterns: list[str], newline: str) -> list
         line = block.lines[i]
         body = line.rstrip("\r\n")
         ending = line[len(body) :]
-        cut = re.search(r"\s#", body)
+        cut = re.search(r"\s+#", body)
         head, comment = (
             (body[: cut.start()], body[cut.start() :]) if cut else (body.rstrip(), body[len(body.rstrip()) :])
         )
@@ -2332,7 +2332,8 @@ class Setup:
         self.home = home
         self.profile = validate_name("profile", args.profile)
         self.key = validate_name("ssh key name", args.ssh_key)
-        self.prefix = validate_host_part("--ssh-host-prefix", args.ssh_host_prefix or default_host_prefix(sys.argv[0]))
+        prefix = args.ssh_host_prefix if args.ssh_host_prefix is not None else default_host_prefix(sys.argv[0])
+        self.prefix = validate_host_part("--ssh-host-prefix", prefix)
         self.hostname = validate_host_part("hostname", args.hostname) if args.hostname is not None else None
         self.environment = validate_host_part("environment", args.environment) if args.environment is not None else None
         self.instance = args.instance
@@ -3481,7 +3482,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         raise CloudxError(f"no SSH config at {path}", f"run '{PROG} setup' first, or pass --ssh-config")
     notes: list[str] = []
 
-    prefix = validate_host_part("--ssh-host-prefix", args.ssh_host_prefix) if args.ssh_host_prefix else None
+    prefix = args.ssh_host_prefix
+    if prefix is not None:
+        validate_host_part("--ssh-host-prefix", prefix)
 
     def update(old: str) -> str:
         new, dropped = canonical_config(old, time.strftime("%Y-%m-%d %H:%M:%S"), prefix)

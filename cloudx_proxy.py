@@ -833,13 +833,14 @@ def _insert_block(blocks: list[ConfigBlock], index: int, pattern: str, lines: li
 
 
 def _drop_original_header(blocks: list[ConfigBlock]) -> None:
-    """Remove PyPI cloudx-proxy's 'Managed by' line (and the blank line under it) from the preamble."""
-    lines = blocks[0].lines
-    for i, line in enumerate(lines):
-        if ORIGINAL_HEADER_RE.fullmatch(line):
-            end = i + 1 + (1 if i + 1 < len(lines) and not lines[i + 1].strip() else 0)
-            del lines[i:end]
-            return
+    """Remove PyPI cloudx-proxy's 'Managed by' line (and the blank line under it), first line or not."""
+    for block in blocks:
+        lines = block.lines
+        for i, line in enumerate(lines):
+            if ORIGINAL_HEADER_RE.fullmatch(line):
+                end = i + 1 + (1 if i + 1 < len(lines) and not lines[i + 1].strip() else 0)
+                del lines[i:end]
+                return
 
 
 def merge_config(
@@ -3450,7 +3451,11 @@ def canonical_config(text: str, when: str, prefix: str | None = None) -> tuple[s
                 heapq.heappush(ready, keys[j])
 
     def body(block: ConfigBlock) -> list[str]:
-        lines = [ln for ln in block.lines[block.header_index() :] if not ln.startswith(BANNER_PREFIXES)]
+        lines = [
+            ln
+            for ln in block.lines[block.header_index() :]
+            if not ln.startswith(BANNER_PREFIXES) and not ORIGINAL_HEADER_RE.fullmatch(ln)
+        ]
         while lines and not lines[-1].strip():
             lines.pop()
         return [ln if ln.endswith("\n") else ln + newline for ln in lines]

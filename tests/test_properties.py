@@ -286,8 +286,11 @@ class Case:
         self.env["LANG"] = "C.UTF-8"
 
     def expected_argv(self) -> list[str]:
+        import pwd
+
         argv = [self.program, "connect", IID, "22", "--profile", self.profile, "--ssh-key", self.key]
-        return argv + ["--ssh-dir", self.ssh_dir] + (["--aws-env", self.aws_env] if self.aws_env else [])
+        argv += ["--ssh-dir", self.ssh_dir] + (["--aws-env", self.aws_env] if self.aws_env else [])
+        return argv + ["--user", pwd.getpwuid(os.getuid()).pw_name]  # %r: no User line, so the local user
 
     def ssh_g(self, config: str) -> dict[str, list[str]]:
         text = Path(config).read_text(encoding="utf-8")

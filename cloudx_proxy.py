@@ -460,7 +460,51 @@ def push_record_fresh(record: object, expect: dict[str, str], now: float, window
 CONFIG_PATH_FORBIDDEN = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 HOST_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}")
 SECTION_RE = re.compile(r"[\s\ufeff]*(host|match)(?:\s*=\s*|\s+)(.*?)\s*$", re.I)
+KEYWORD_RE = re.compile(r"[\s\ufeff]*([A-Za-z][A-Za-z0-9]*)")
 BANNER_PREFIXES = ("# Created by cloudX-proxy", "# Created by cloudx-proxy", "# Configuration type:")
+# PyPI cloudx-proxy 0.17 heads its file with a version line and puts a section banner
+# (rule, title, rule, blank line) above its generic block, each environment and its
+# "NOT MANAGED BY cloudx-proxy" part; its ProxyCommands run 'uvx cloudx-proxy connect ...'.
+ORIGINAL_HEADER_RE = re.compile(r"# SSH Configuration - Managed by cloud[xX]-proxy\b.*\r?\n?")
+ORIGINAL_RULE_RE = re.compile(r"#\s*={10,}\s*\r?\n?")
+ORIGINAL_PROGRAM_RE = re.compile(r"cloudx-proxy(?:[@=<>~!].*)?", re.I)
+# Lines of setup's blocks that setup rewrites; every other line in them is the user's.
+OWNED_KEYWORDS = {
+    "generic": (),
+    "environment": ("identityfile", "identityagent", "identitiesonly", "proxycommand"),
+    "host": ("hostname",),
+}
+# ssh_config(5) keywords where the first value obtained wins (others, such as
+# IdentityFile or LocalForward, add up); cleanup drops a duplicate block's line only
+# when its keyword is one of these and an earlier block for the same hosts sets it.
+FIRST_WINS_KEYWORDS = frozenset(
+    [
+        "hostname",
+        "user",
+        "port",
+        "proxycommand",
+        "proxyjump",
+        "identitiesonly",
+        "identityagent",
+        "tcpkeepalive",
+        "controlmaster",
+        "controlpath",
+        "controlpersist",
+        "serveraliveinterval",
+        "serveralivecountmax",
+        "stricthostkeychecking",
+        "userknownhostsfile",
+        "forwardagent",
+        "compression",
+        "connecttimeout",
+        "loglevel",
+        "requesttty",
+        "remotecommand",
+        "addkeystoagent",
+        "batchmode",
+        "hostkeyalias",
+    ]
+)
 IAM_USER_RE = re.compile(r"cloudx-([A-Za-z0-9_.]+)-(.+)", re.I)
 OP_ITEM_TITLE = "cloudX SSH Key - {key}"
 OP_AGENT_SOCKETS = (
@@ -567,12 +611,16 @@ def quote_config_value(value: str, percent: bool = True) -> str:
 def render_proxy_command(
     program: list[str], profile: str, key: str, ssh_dir: str, aws_env: str | None, windows: bool = False
 ) -> str:
-    """The ProxyCommand that runs this program's connect with setup's choices."""
+    """The ProxyCommand that runs this program's connect with setup's choices.
+
+    '--user %r' pushes the key for the user ssh logs in as (ssh refuses user names
+    with shell metacharacters; connect validates what arrives).
+    """
     words = [quote_proxy_arg(p, windows) for p in program] + ["connect", "%h", "%p"]
     for flag, value in (("--profile", profile), ("--ssh-key", key), ("--ssh-dir", ssh_dir), ("--aws-env", aws_env)):
         if value:
             words += [flag, quote_proxy_arg(value, windows)]
-    return " ".join(words)
+    return " ".join(words + ["--user", "%r"])
 
 
 def render_banner(kind: str, when: str) -> str:
@@ -614,32 +662,66 @@ class ConfigBlock:
     def __init__(self, keyword: str | None, patterns: str, lines: list[str]):
         self.keyword, self.patterns, self.lines = keyword, patterns, lines
 
+    def words(self) -> list[str]:
+        """The patterns of a Host line, unquoted, without a trailing comment ([] for Match and the preamble)."""
+        parsed = parse_directive("Host " + self.patterns) if self.keyword == "host" else None
+        return split_patterns(parsed[1]) if parsed else []
+
     def is_host(self, pattern: str) -> bool:
-        """True for a 'Host PATTERN' block with exactly that one pattern (ssh compares case-insensitively)."""
-        if self.keyword != "host":
-            return False
-        parsed = parse_directive("Host " + self.patterns)
-        words = split_patterns(parsed[1]) if parsed else []
-        return len(words) == 1 and words[0].lower() == pattern.lower()
+        """True for a Host block of that one pattern, in one or more spellings of case.
+
+        PyPI cloudx-proxy writes every prefix spelling on its wildcard lines
+        ('Host cloudx-* cloudX-*'); ssh itself matches patterns case-sensitively.
+        """
+        words = self.words()
+        return bool(words) and all(w.lower() == pattern.lower() for w in words)
+
+    def header_index(self) -> int:
+        """Index of the Host/Match line: the lines above it are a banner."""
+        return next((i for i, ln in enumerate(self.lines) if SECTION_RE.match(ln)), 0)
+
+    def original_banner(self) -> bool:
+        """True when the banner above the block is PyPI cloudx-proxy's section banner."""
+        return any(ORIGINAL_RULE_RE.fullmatch(ln) for ln in self.lines[: self.header_index()])
 
     def body(self) -> list[str]:
         """The block's meaningful lines: no banner, comments or blank lines, whitespace folded."""
         return [" ".join(ln.split()) for ln in self.lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+def _banner_start(lines: list[str]) -> int:
+    """Where a banner ends the given lines: ours (directly above), or the original's rule/title/rule."""
+    i = len(lines)
+    while i and lines[i - 1].startswith(BANNER_PREFIXES):
+        i -= 1
+    if i < len(lines):
+        return i
+    while i and not lines[i - 1].strip():
+        i -= 1
+    if (
+        i >= 3
+        and ORIGINAL_RULE_RE.fullmatch(lines[i - 1])
+        and lines[i - 2].startswith("#")
+        and ORIGINAL_RULE_RE.fullmatch(lines[i - 3])
+    ):
+        return i - 3
+    return len(lines)
+
+
 def split_config(text: str) -> list[ConfigBlock]:
     """Split an SSH config into its preamble and Host/Match blocks, keeping every byte.
 
-    Our banner lines directly above a Host line belong to that block.
+    A banner directly above a Host line (ours, or PyPI cloudx-proxy's section
+    banner with the blank lines below it) belongs to that block.
     """
     blocks = [ConfigBlock(None, "", [])]
     for line in split_lines(text):
         match = SECTION_RE.match(line)
         if match:
             prev = blocks[-1].lines
-            banner: list[str] = []
-            while prev and prev[-1].startswith(BANNER_PREFIXES):
-                banner.insert(0, prev.pop())
+            start = _banner_start(prev)
+            banner = prev[start:]
+            del prev[start:]
             blocks.append(ConfigBlock(match.group(1).lower(), match.group(2), banner + [line]))
         else:
             blocks[-1].lines.append(line)
@@ -655,48 +737,221 @@ def _block_lines(text: str, newline: str) -> list[str]:
     return [line.rstrip("\r\n") + newline for line in split_lines(text)]
 
 
+def _directive_indexes(block: ConfigBlock, keyword: str) -> list[int]:
+    """Indexes of the block's lines that set `keyword` (below the Host line)."""
+    found = []
+    for i in range(block.header_index() + 1, len(block.lines)):
+        parsed = parse_directive(block.lines[i])
+        if parsed and parsed[0] == keyword:
+            found.append(i)
+    return found
+
+
+def set_owned_lines(block: ConfigBlock, kind: str, rendered: list[str], newline: str) -> bool:
+    """Make the lines setup owns in a block (OWNED_KEYWORDS) say what `rendered` says, in place.
+
+    A keyword whose values already match is left byte for byte; a differing one is
+    rewritten where it stands (keeping its indent and trailing comment); every other
+    line stays as it is. Returns True if anything changed.
+    """
+    changed = False
+    for key in OWNED_KEYWORDS[kind]:
+        want = [p for p in (parse_directive(ln) for ln in rendered) if p and p[0] == key]
+        have = _directive_indexes(block, key)
+        values = [(parse_directive(block.lines[i]) or ("", "", ""))[1] for i in have]
+        if values == [p[1] for p in want]:
+            continue
+        changed = True
+        keyword = next((ln.split()[0] for ln in rendered if (parse_directive(ln) or ("",))[0] == key), key)
+        if have:
+            first = block.lines[have[0]]
+            indent = first[: len(first) - len(first.lstrip())] or "    "
+            comment = (parse_directive(first) or ("", "", ""))[2] if len(have) == 1 else ""
+            pos = have[0]
+            for i in reversed(have):
+                del block.lines[i]
+        else:
+            indent, comment = "    ", ""
+            owned = [i for k in OWNED_KEYWORDS[kind] for i in _directive_indexes(block, k)]
+            pos = max(owned) + 1 if owned else block.header_index() + 1
+            if pos > 0 and not block.lines[pos - 1].endswith("\n"):
+                block.lines[pos - 1] += newline
+        tail = f"  # {comment}" if comment else ""
+        block.lines[pos:pos] = [f"{indent}{keyword} {value}{tail}{newline}" for _, value, _ in want]
+    return changed
+
+
+def _set_banner(block: ConfigBlock, kind: str, when: str, newline: str) -> None:
+    """Replace whatever banner a block has with ours."""
+    block.lines[: block.header_index()] = _block_lines(render_banner(kind, when), newline)
+
+
+def _add_patterns(block: ConfigBlock, patterns: list[str], newline: str) -> list[str]:
+    """Append patterns missing from a Host line (exact case), before its comment; returns those added."""
+    missing = [p for p in patterns if p not in block.words()]
+    if missing:
+        i = block.header_index()
+        line = block.lines[i]
+        body = line.rstrip("\r\n")
+        ending = line[len(body) :]
+        cut = re.search(r"\s+#", body)
+        head, comment = (
+            (body[: cut.start()], body[cut.start() :]) if cut else (body.rstrip(), body[len(body.rstrip()) :])
+        )
+        block.lines[i] = f"{head.rstrip()} {' '.join(missing)}{comment}{ending}"
+    return missing
+
+
+def _insert_position(blocks: list[ConfigBlock], stem: str | None) -> int:
+    """After the last block whose patterns all start with `stem` (case-insensitive); else the end."""
+    if stem:
+        for index in range(len(blocks) - 1, 0, -1):
+            words = blocks[index].words()
+            if words and all(w.lower().startswith(stem.lower()) for w in words):
+                return index + 1
+    return len(blocks)
+
+
+def _insert_block(blocks: list[ConfigBlock], index: int, pattern: str, lines: list[str], newline: str) -> None:
+    """Insert a new block's lines before blocks[index], with blank lines around it.
+
+    Comments and blank lines that trail the block before it stay above the
+    block they introduce, so they move below the new one.
+    """
+    prev = blocks[index - 1].lines
+    if index < len(blocks):
+        keep = len(prev)
+        while keep > 1 and (not prev[keep - 1].strip() or prev[keep - 1].lstrip().startswith("#")):
+            keep -= 1
+        trailing = prev[keep:]
+        del prev[keep:]
+        if prev and not prev[-1].endswith("\n"):
+            prev[-1] += newline
+        gap = [newline] if any(ln.strip() for b in blocks[:index] for ln in b.lines) else []
+        after = trailing if trailing and not trailing[0].strip() else [newline] + trailing
+        blocks.insert(index, ConfigBlock("host", pattern, gap + lines + after))
+        return
+    if prev and not prev[-1].endswith("\n"):
+        prev[-1] += newline
+    if any(line.strip() for b in blocks for line in b.lines) and (not prev or prev[-1].strip()):
+        prev.append(newline)
+    blocks.append(ConfigBlock("host", pattern, lines + [newline]))
+
+
+def _drop_original_header(blocks: list[ConfigBlock]) -> None:
+    """Remove PyPI cloudx-proxy's 'Managed by' line (and the blank line under it), first line or not."""
+    for block in blocks:
+        lines = block.lines
+        for i, line in enumerate(lines):
+            if ORIGINAL_HEADER_RE.fullmatch(line):
+                end = i + 1 + (1 if i + 1 < len(lines) and not lines[i + 1].strip() else 0)
+                del lines[i:end]
+                return
+
+
 def merge_config(
     text: str, new_blocks: list[tuple[str, str, str]], replace: set[str], when: str
 ) -> tuple[str, list[str]]:
     """Put setup's blocks into an SSH config, touching nothing else.
 
-    new_blocks is [(kind, host pattern, block text)]. An existing block with the
-    same single pattern is kept, unless its pattern is in `replace` (then it is
-    rewritten in place); a missing one is appended. Returns the new text and
-    what was done, one phrase per block.
+    new_blocks is [(kind, host pattern, block text)]. The first existing block of
+    that pattern (in any case spellings, as PyPI cloudx-proxy writes them) is
+    adopted where it stands: spellings on the new Host line that it lacks are
+    added to it, and if its pattern is in `replace` the lines setup owns
+    (OWNED_KEYWORDS) are made to match, every other line staying byte for byte.
+    A block with the original's banner gets ours. A missing block is inserted
+    after its environment (hosts) or setup's other blocks, else appended.
+    Returns the new text and what was done, one phrase per block.
     """
     newline = "\r\n" if "\r\n" in text or text.endswith("\r") else "\n"
     blocks = split_config(text)
     notes = []
+    prefix = next((p[:-2] for k, p, _ in new_blocks if k == "generic"), None)
+    env_pattern = next((p for k, p, _ in new_blocks if k == "environment"), None)
+    adopted = False
     for kind, pattern, block_text in new_blocks:
         lines = _block_lines(render_banner(kind, when) + block_text, newline)
+        parsed = parse_directive(lines[2])
+        spellings = split_patterns(parsed[1]) if parsed else [pattern]
         existing = [b for b in blocks if b.is_host(pattern)]
-        if existing and (pattern not in replace or existing[0].body() == ConfigBlock(None, "", lines).body()):
-            notes.append(f"kept {kind} block Host {pattern}")
+        if not existing:
+            stem = (env_pattern[:-1] if kind == "host" and env_pattern else None) or (
+                prefix + "-" if kind != "generic" and prefix else None
+            )
+            _insert_block(blocks, _insert_position(blocks, stem), pattern, lines, newline)
+            notes.append(f"added {kind} block Host {' '.join(spellings)}")
             continue
-        if existing:
-            target = existing[0]
-            trailing: list[str] = []
-            while target.lines and not target.lines[-1].strip():
-                trailing.insert(0, target.lines.pop())
-            target.lines = lines + (trailing or [newline])
-            for dup in existing[1:]:
-                blocks.remove(dup)
+        target = existing[0]
+        changed = False
+        if kind != "host":
+            added = _add_patterns(target, spellings, newline)
+            if added:
+                changed = True
+                notes.append(f"added {' '.join(added)} to the Host line of the {kind} block")
+        if pattern in replace and set_owned_lines(target, kind, lines[3:], newline):
+            changed = True
             notes.append(f"updated {kind} block Host {pattern}")
-            continue
-        last = blocks[-1].lines
-        if last and not last[-1].endswith("\n"):
-            last[-1] += newline
-        if any(line.strip() for b in blocks for line in b.lines) and (not last or last[-1].strip()):
-            last.append(newline)
-        blocks.append(ConfigBlock("host", pattern, lines + [newline]))
-        notes.append(f"added {kind} block Host {pattern}")
+            if kind == "host":
+                for dup in existing[1:]:  # later copies whose lines were all ours: ssh never read them
+                    rest = dup.lines[dup.header_index() + 1 :]
+                    if all(not ln.strip() or (parse_directive(ln) or ("",))[0] == "hostname" for ln in rest):
+                        blocks.remove(dup)
+        if target.original_banner():
+            adopted = True
+            notes.append(f"adopted {kind} block Host {' '.join(target.words())}, written by PyPI cloudx-proxy")
+        elif not changed:
+            notes.append(f"kept {kind} block Host {pattern}")
+        if changed or target.original_banner():
+            _set_banner(target, kind, when, newline)
+    if adopted:
+        _drop_original_header(blocks)
     merged = join_config(blocks)
     return merged.rstrip("\r\n") + newline, notes
 
 
+def adopt_config(text: str, program: list[str], when: str, windows: bool = False) -> tuple[str, list[str]]:
+    """Take over a config PyPI cloudx-proxy wrote: its ProxyCommands run this program, its banners become ours.
+
+    In setup's generic and environment blocks (any case spellings), a ProxyCommand
+    running the original ('uvx cloudx-proxy connect …') is rewritten in place by
+    adopt_proxy_command; the original's section banners and 'Managed by' line are
+    replaced by our banners. No other line changes. Returns the text and one note
+    per adopted ProxyCommand.
+    """
+    newline = "\r\n" if "\r\n" in text or text.endswith("\r") else "\n"
+    parsed = parse_cloudx_config(text)
+    kinds = {p.lower(): "generic" for p in parsed["generic"]}
+    kinds.update({str(e["pattern"]).lower(): "environment" for e in parsed["environments"].values()})
+    blocks = split_config(text)
+    notes: list[str] = []
+    changed = False
+    for block in blocks[1:]:
+        words = {w.lower() for w in block.words()}
+        kind = kinds.get(words.pop(), "") if len(words) == 1 else ""
+        if not kind:
+            continue
+        adopted = False
+        for i in _directive_indexes(block, "proxycommand"):
+            value = (parse_directive(block.lines[i]) or ("", "", ""))[1]
+            command = adopt_proxy_command(value, program, windows)
+            if command is not None:
+                block.lines[i] = block.lines[i].replace(value, command, 1)
+                program_was = value.split(" connect", 1)[0]
+                notes.append(
+                    f"Host {' '.join(block.words())}: the ProxyCommand ran '{program_was.strip()}', "
+                    f"now {quote_argv(program)} (same arguments, plus --user %r)"
+                )
+                adopted = True
+        if adopted or block.original_banner():
+            _set_banner(block, kind, when, newline)
+            changed = True
+    if changed:
+        _drop_original_header(blocks)
+    return join_config(blocks), notes
+
+
 def find_block(text: str, pattern: str) -> ConfigBlock | None:
-    """The first 'Host PATTERN' block of a config, if any."""
+    """The first Host block of that pattern (any case spellings) in a config, if any."""
     return next((b for b in split_config(text) if b.is_host(pattern)), None)
 
 
@@ -806,6 +1061,94 @@ def parse_connect_options(proxy_command: str) -> dict[str, str]:
             if word in ("--profile", "--ssh-key", "--ssh-dir", "--ssh-config", "--aws-env", "--region", "--user"):
                 found[word[2:]] = words[i + 1]
     return found
+
+
+def _shell_words(value: str) -> list[str]:
+    import shlex
+
+    try:
+        return shlex.split(value.replace("%%", "%"))
+    except ValueError:
+        return value.split()
+
+
+def is_original_program(words: list[str]) -> bool:
+    """True for the program of PyPI cloudx-proxy's ProxyCommands: 'uvx cloudx-proxy', a bare 'cloudX-proxy'."""
+    if len(words) == 1:
+        return ORIGINAL_PROGRAM_RE.fullmatch(words[0]) is not None
+    return len(words) > 1 and os.path.basename(words[0]) == "uvx" and bool(ORIGINAL_PROGRAM_RE.fullmatch(words[-1]))
+
+
+def adopt_proxy_command(value: str, program: list[str], windows: bool = False) -> str | None:
+    """PyPI cloudx-proxy's ProxyCommand, run by this program with the same arguments; None if not the original's.
+
+    Everything from 'connect' on is kept as written (its flags mean the same to
+    our connect, defaults included); '--user %r' is added when absent.
+    """
+    words = _shell_words(value)
+    found = re.search(r"(?:^|\s)connect(?=\s|$)", value)
+    if "connect" not in words or not found or not is_original_program(words[: words.index("connect")]):
+        return None
+    adopted = " ".join([quote_proxy_arg(p, windows) for p in program] + [value[found.start() :].strip()])
+    return adopted if "--user" in words else adopted + " --user %r"
+
+
+def proxy_settings(value: str, home: str) -> tuple[list[str], tuple[str, str, str, str]]:
+    """A ProxyCommand's program words, and the profile, key, ssh dir and aws-env its connect resolves."""
+    words = _shell_words(value)
+    opts = parse_connect_options(value)
+    d_profile, d_key, d_dir = default_profile_and_key(home)
+    ssh_dir = opts.get("ssh-dir") or (os.path.dirname(opts["ssh-config"]) if opts.get("ssh-config") else d_dir)
+    resolved = (
+        opts.get("profile", d_profile),
+        opts.get("ssh-key", d_key),
+        os.path.expanduser(ssh_dir),
+        opts.get("aws-env", ""),
+    )
+    return words[: words.index("connect")] if "connect" in words else words, resolved
+
+
+def env_settings(lines: list[str], home: str) -> tuple[list[str], list[str], Any]:
+    """What an environment block does: its IdentityFile and IdentityAgent values and its ProxyCommand's settings."""
+    found: dict[str, list[str]] = {}
+    for line in lines:
+        parsed = parse_directive(line)
+        if parsed and parsed[0] in ("identityfile", "identityagent", "proxycommand"):
+            found.setdefault(parsed[0], []).append(parsed[1] if parsed[0] == "proxycommand" else unquote(parsed[1]))
+    proxy = proxy_settings(found["proxycommand"][0], home) if found.get("proxycommand") else None
+    return found.get("identityfile", []), found.get("identityagent", []), proxy
+
+
+def config_prefix(text: str) -> str | None:
+    """The spelling of the cloudx host prefix a config already uses, if any.
+
+    The first pattern of its generic block ('Host cloudx-* cloudX-*' gives cloudx),
+    else the one spelling its hosts share.
+    """
+    hosts = set()
+    for block in split_config(text):
+        words = block.words()
+        if words and block.is_host("cloudx-*"):
+            return words[0][:-2]
+        for word in words:
+            if re.fullmatch(r"cloudx-[^*?!]+", word, re.I):
+                hosts.add(word[:6])
+    return hosts.pop() if len(hosts) == 1 else None
+
+
+def existing_names(text: str, prefix: str, env: str, hostname: str) -> tuple[str, str]:
+    """(environment, host name) to write: the spellings already in the config where they differ only in case.
+
+    'Dev' reuses an existing 'dev' environment; an existing 'cloudx-dev-web' keeps
+    its name when the prefix is cloudX (ssh matches Host names case-sensitively,
+    and it is the name the user types and VSCode saved).
+    """
+    env_block = find_block(text, f"{prefix}-{env}-*")
+    if env_block is not None:
+        env = env_block.words()[0][len(prefix) + 1 : -2]
+    host = f"{prefix}-{env}-{hostname}"
+    host_block = find_block(text, host)
+    return env, host_block.words()[0] if host_block is not None else host
 
 
 def parse_cloudx_config(text: str) -> dict[str, Any]:
@@ -2031,6 +2374,12 @@ class Setup:
             self.ssh_config = os.path.abspath(os.path.expanduser(args.ssh_config))
         else:
             self.ssh_config = os.path.join(self.ssh_dir, "config")
+        if args.ssh_host_prefix is None:  # keep the spelling the config already has (cloudx from PyPI cloudx-proxy)
+            try:
+                self.prefix = config_prefix(read_text(self.ssh_config)) or self.prefix
+            except CloudxError:
+                pass  # unreadable: writing it will fail with the reason
+        self.adopted: list[str] = []  # what setup took over from PyPI cloudx-proxy, for the summary
         self.key_path = os.path.join(self.ssh_dir, self.key)
         # The resolved paths (HOME included) are what goes into the config lines.
         validate_config_path("--ssh-dir", self.key_path)
@@ -2438,37 +2787,60 @@ def setup_op_key(s: Setup) -> str | None:
 
 
 def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str | None = None) -> str:
-    """Write the three-tier config into --ssh-config; returns the host name to use."""
+    """Write the three-tier config into --ssh-config, adopting what is there; returns the host name to use."""
     s.step(f"Writing SSH configuration {s.ssh_config}...")
-    proxy = render_proxy_command(program_argv(), s.profile, s.key, s.ssh_dir, s.aws_env, s.windows)
-    host = f"{s.prefix}-{env}-{hostname}"
-    env_pattern = f"{s.prefix}-{env}-*"
-    env_block = render_env_block(s.prefix, env, render_identity(s.key_path, agent), proxy)
-    blocks = [
-        ("generic", f"{s.prefix}-*", render_generic_block(s.prefix, s.windows)),
-        ("environment", env_pattern, env_block),
-        ("host", host, render_host_block(s.prefix, env, hostname, instance_id)),
-    ]
+    program = program_argv()
+    proxy = render_proxy_command(program, s.profile, s.key, s.ssh_dir, s.aws_env, s.windows)
+    result = {"host": f"{s.prefix}-{env}-{hostname}"}
 
     def update(old: str) -> str:
+        text, adopted = adopt_config(old, program, s.when, s.windows)
+        for note in adopted:
+            log(f"  adopting {note}")
+        s.adopted += adopted
+        env_name, host = existing_names(text, s.prefix, env, hostname)
+        if env_name != env:
+            log(f"  using the existing environment '{env_name}' (matched '{env}')")
+        result["host"] = host
+        # A host spelled differently (cloudx-… under prefix cloudX) must still match the wildcard blocks.
+        spellings = list(dict.fromkeys([s.prefix, host[: len(s.prefix)]]))
+        generic = render_generic_block(s.prefix, s.windows)
+        generic = generic.replace(f"Host {s.prefix}-*", "Host " + " ".join(f"{p}-*" for p in spellings), 1)
+        env_pattern = f"{s.prefix}-{env_name}-*"
+        env_block = render_env_block(s.prefix, env_name, render_identity(s.key_path, agent), proxy)
+        env_block = env_block.replace(
+            f"Host {env_pattern}", "Host " + " ".join(f"{p}-{env_name}-*" for p in spellings), 1
+        )
         replace = {host}
-        current = find_block(old, env_pattern)
-        wanted = ConfigBlock("host", env_pattern, env_block.splitlines())
-        if current is not None and current.body() != wanted.body():
-            import difflib
+        current = find_block(text, env_pattern)
+        if current is not None:
+            wanted = ConfigBlock("host", env_pattern, env_block.splitlines())
+            if env_settings(current.lines, s.home) != env_settings(wanted.lines, s.home):
+                import difflib
 
-            diff = difflib.unified_diff(current.body(), wanted.body(), "current", "setup", lineterm="", n=5)
-            for line in diff:
-                print(f"    {line}", file=sys.stderr)
-            if s.yes or s.dry_run:
-                log(f"  keeping the existing environment block Host {env_pattern} (shown above; --yes keeps it)")
-            elif (
-                s.ask(f"The environment block Host {env_pattern} differs. [k]eep or [r]eplace?", "k")
-                .lower()
-                .startswith("r")
-            ):
-                replace.add(env_pattern)
-        new, notes = merge_config(old, blocks, replace, s.when)
+                diff = difflib.unified_diff(current.body(), wanted.body(), "current", "setup", lineterm="", n=5)
+                for line in diff:
+                    print(f"    {line}", file=sys.stderr)
+                if s.yes or s.dry_run:
+                    log(f"  keeping the existing environment block Host {env_pattern} (shown above; --yes keeps it)")
+                elif (
+                    s.ask(f"The environment block Host {env_pattern} differs. [k]eep or [r]eplace?", "k")
+                    .lower()
+                    .startswith("r")
+                ):
+                    replace.add(env_pattern)
+        blocks = [
+            ("generic", f"{s.prefix}-*", generic),
+            ("environment", env_pattern, env_block),
+            (
+                "host",
+                host,
+                render_host_block(s.prefix, env_name, hostname, instance_id).replace(
+                    f"Host {s.prefix}-{env_name}-{hostname}", f"Host {host}", 1
+                ),
+            ),
+        ]
+        new, notes = merge_config(text, blocks, replace, s.when)
         for note in notes:
             log(f"  {note}")
         return new
@@ -2477,7 +2849,7 @@ def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str
     show_change(s, s.ssh_config, old, new)
     if not s.windows and not s.dry_run:
         ensure_private_dir(os.path.join(s.home, ".ssh", "control"))
-    return host
+    return result["host"]
 
 
 def show_change(s: Setup, path: str, old: str, new: str | None) -> None:
@@ -2606,6 +2978,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
         log(f"[dry run] would check the connection with: ssh {host}")
         return EXIT_OK
     rc = check_instance(s, host)
+    if s.adopted:
+        print("Adopted the configuration PyPI cloudx-proxy wrote (banners are ours now, every other line kept):")
+        print("".join(f"    {line}\n" for line in dict.fromkeys(s.adopted)))
     print(f"Setup complete. Connect with:\n    ssh {host}\n")
     print("VSCode settings.json:")
     print(render_vscode_settings(s.ssh_config, s.prefix))
@@ -3079,69 +3454,192 @@ def doctor_instance(
 # ---------------------------------------------------------------------------
 # cleanup and migrate
 # ---------------------------------------------------------------------------
-def canonical_config(text: str, when: str) -> tuple[str, list[str]]:
-    """Our blocks in three-tier order with fresh banners, duplicates dropped (last wins).
+def glob_overlap(a: str, b: str) -> bool:
+    """True if some host name matches both ssh patterns ('*' and '?'); case is ignored, to err on the safe side."""
+    a, b = a.lower(), b.lower()
+    if not any(c in "*?" for c in a + b):
+        return a == b
+    memo: dict[tuple[int, int], bool] = {}
 
-    Foreign lines before the first block stay first; foreign blocks follow
-    ours, in their order, byte for byte. Returns the text and what was dropped.
+    def meet(i: int, j: int) -> bool:
+        if (i, j) not in memo:
+            memo[i, j] = False  # a cycle (two '*' consuming nothing) proves nothing
+            found = i == len(a) and j == len(b)
+            found = found or (i < len(a) and a[i] == "*" and meet(i + 1, j))
+            found = found or (j < len(b) and b[j] == "*" and meet(i, j + 1))
+            if not found and i < len(a) and j < len(b) and (a[i] in "*?" or b[j] in "*?" or a[i] == b[j]):
+                step = (i if a[i] == "*" else i + 1, j if b[j] == "*" else j + 1)
+                found = step != (i, j) and meet(*step)
+            memo[i, j] = found
+        return memo[i, j]
+
+    return meet(0, 0)
+
+
+def block_keywords(block: ConfigBlock) -> list[tuple[str, str]]:
+    """(keyword, value) of each directive below a block's Host/Match line."""
+    found = (parse_directive(ln) for ln in block.lines[block.header_index() + 1 :])
+    return [(p[0], p[1]) for p in found if p]
+
+
+def block_facts(block: ConfigBlock, words: list[str]) -> tuple[str | None, frozenset[str], tuple[str, ...]]:
+    """What blocks_commute needs of a block: its keyword, the keywords it sets, its positive Host patterns."""
+    keys = (KEYWORD_RE.match(ln) for ln in block.lines[block.header_index() + 1 :])
+    return block.keyword, frozenset(k.group(1).lower() for k in keys if k), tuple(w for w in words if w[:1] != "!")
+
+
+def blocks_commute(
+    a: tuple[str | None, frozenset[str], tuple[str, ...]], b: tuple[str | None, frozenset[str], tuple[str, ...]]
+) -> bool:
+    """True if swapping two adjacent blocks (their block_facts) cannot change what ssh resolves for any host.
+
+    ssh takes most settings from the first block that sets them (others add up in
+    order), so two Host blocks commute when no host matches both or they set no
+    keyword in common. Match blocks (their conditions read settings) and Include
+    lines commute with nothing.
     """
+    if a[0] != "host" or b[0] != "host":
+        return False
+    if a[1].isdisjoint(b[1]) and "include" not in a[1] | b[1]:
+        return True
+    return not any(glob_overlap(x, y) for x in a[2] for y in b[2])
+
+
+def _ineffective(block: ConfigBlock, earlier: ConfigBlock) -> bool:
+    """True if ssh never uses a line of `block` because `earlier` (before it) matches every host it does.
+
+    Every directive must be a first-wins keyword that `earlier` sets, or an
+    IdentityFile `earlier` names too; a comment counts as the user's and keeps it.
+    """
+    words, before = block.words(), earlier.words()
+    if not words or any(w.startswith("!") for w in words + before) or not set(words) <= set(before):
+        return False
+    rest = block.lines[block.header_index() + 1 :]
+    if any(ln.lstrip().startswith("#") and not ln.startswith(BANNER_PREFIXES) for ln in rest):
+        return False
+    theirs = block_keywords(earlier)
+    keys = {k for k, _ in theirs}
+    return all(
+        (k in FIRST_WINS_KEYWORDS and k in keys) or (k == "identityfile" and (k, v) in theirs)
+        for k, v in block_keywords(block)
+    )
+
+
+def _convert_prefix(block: ConfigBlock, prefix: str, newline: str) -> None:
+    """cleanup --ssh-host-prefix: put that spelling first on a wildcard Host line of ours (adding it if
+    missing), and name it in PyPI cloudx-proxy's 'uvx cloudX-proxy' as the original's cleanup did."""
+    words = block.words()
+    if not words or words[0][: len(prefix)].lower() != prefix.lower():
+        return
+    first = prefix + words[0][len(prefix) :]
+    if words[0] != first:
+        i = block.header_index()
+        line = block.lines[i]
+        cut = re.search(r"\s#", line)
+        comment = line[cut.start() :].rstrip("\r\n") if cut else ""
+        block.lines[i] = "Host " + " ".join(dict.fromkeys([first, *words])) + comment + newline
+    if prefix.lower() == "cloudx":
+        block.lines = [re.sub(r"\buvx cloud[xX]-proxy\b", f"uvx {prefix}-proxy", ln) for ln in block.lines]
+
+
+def canonical_config(text: str, when: str, prefix: str | None = None) -> tuple[str, list[str]]:
+    """Our blocks in three-tier order with fresh banners, without copies ssh never reads.
+
+    Nothing ssh resolves for any host changes: a block moves past another only
+    where the two commute (blocks_commute), so a user's block that must stay
+    before ours does; foreign blocks keep their order and their bytes. A later
+    block of ours is dropped only if every line of it is shadowed by an earlier
+    block for the same hosts (ssh uses the first). PyPI cloudx-proxy's banners
+    become ours. With `prefix`, wildcard Host lines of ours lead with that
+    spelling (see _convert_prefix). Returns the text and what was done.
+    """
+    import heapq
+
     newline = "\r\n" if "\r\n" in text else "\n"
     parsed = parse_cloudx_config(text)
     envs: dict[str, dict[str, Any]] = parsed["environments"]
-    env_of = {h["host"].lower(): h["environment"] for h in parsed["hosts"]}
+    env_of = {h["host"].lower(): h["environment"].lower() for h in parsed["hosts"]}
     generic_patterns = {p.lower() for p in parsed["generic"]}
     env_patterns = {str(e["pattern"]).lower(): name for name, e in envs.items()}
     blocks = split_config(text)
-    preamble, foreign = blocks[0], []
-    ours: dict[tuple[str, str], ConfigBlock] = {}
-    order: list[tuple[str, str]] = []
-    dropped = []
-    for block in blocks[1:]:
-        words = split_patterns(block.patterns.split("#")[0]) if block.keyword == "host" else []
-        pattern = words[0].lower() if len(words) == 1 else ""
-        kind = (
-            "generic"
-            if pattern in generic_patterns
-            else "environment"
-            if pattern in env_patterns
-            else "host"
-            if pattern in env_of
-            else ""
-        )
-        if not kind:
-            foreign.append(block)
+    preamble, rest = blocks[0], blocks[1:]
+    notes: list[str] = []
+
+    words_of = [b.words() for b in rest]
+
+    def kind_of(i: int) -> str:
+        words = {w.lower() for w in words_of[i]}
+        pattern = words.pop() if len(words) == 1 else ""
+        if pattern in generic_patterns:
+            return "generic"
+        return "environment" if pattern in env_patterns else "host" if pattern in env_of else ""
+
+    kinds = [kind_of(i) for i in range(len(rest))]
+    kept: list[int] = []
+    for i, block in enumerate(rest):
+        if kinds[i] and any(kinds[j] and _ineffective(block, rest[j]) for j in kept):
+            notes.append(
+                f"dropped duplicate {kinds[i]} block Host {' '.join(block.words())} (ssh reads an earlier one)"
+            )
             continue
-        key = (kind, pattern)
-        if key in ours:
-            dropped.append(f"dropped duplicate {kind} block Host {words[0]} (the later one is kept)")
-        else:
-            order.append(key)
-        ours[key] = block
+        kept.append(i)
+
+    def sort_key(i: int) -> tuple[int, str, int, str, int]:
+        kind, pattern = kinds[i], (words_of[i] or [""])[0].lower()
+        if kind == "generic":
+            return (0, "", 0, "", i)
+        if kind:
+            env = env_patterns.get(pattern) or env_of.get(pattern, "")
+            return (1, env, 0 if kind == "environment" else 1, pattern, i)
+        return (2, "", 0, "", i)
+
+    after: dict[int, list[int]] = {i: [] for i in kept}
+    waiting = dict.fromkeys(kept, 0)
+    foreign = [i for i in kept if not kinds[i]]
+    for x, y in zip(foreign, foreign[1:]):  # the user's blocks keep their order
+        after[x].append(y)
+        waiting[y] += 1
+    facts = {i: block_facts(rest[i], words_of[i]) for i in kept}
+    ours = [i for i in kept if kinds[i]]
+    for x, y in sorted({(min(i, j), max(i, j)) for i in ours for j in kept if i != j}):
+        if not blocks_commute(facts[x], facts[y]):
+            after[x].append(y)
+            waiting[y] += 1
+    keys = {i: sort_key(i) for i in kept}
+    ready = [keys[i] for i in kept if not waiting[i]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)[-1]
+        order.append(i)
+        for j in after[i]:
+            waiting[j] -= 1
+            if not waiting[j]:
+                heapq.heappush(ready, keys[j])
 
     def body(block: ConfigBlock) -> list[str]:
-        lines = [ln for ln in block.lines if not ln.startswith(BANNER_PREFIXES)]
+        lines = [
+            ln
+            for ln in block.lines[block.header_index() :]
+            if not ln.startswith(BANNER_PREFIXES) and not ORIGINAL_HEADER_RE.fullmatch(ln)
+        ]
         while lines and not lines[-1].strip():
             lines.pop()
         return [ln if ln.endswith("\n") else ln + newline for ln in lines]
 
-    def sort_key(key: tuple[str, str]) -> tuple[int, str, int, str]:
-        kind, pattern = key
-        if kind == "generic":
-            return (0, "", 0, pattern)
-        env = env_patterns.get(pattern) or env_of.get(pattern, "").lower()
-        return (1, env, 0 if kind == "environment" else 1, pattern)
-
-    out = [ln for ln in preamble.lines if not ln.startswith(BANNER_PREFIXES)]
+    out = [ln for ln in preamble.lines if not ln.startswith(BANNER_PREFIXES) and not ORIGINAL_HEADER_RE.fullmatch(ln)]
     while out and not out[-1].strip():
         out.pop()
     if out:
         out[-1] = out[-1] if out[-1].endswith("\n") else out[-1] + newline
         out.append(newline)
-    for key in sorted(order, key=sort_key):
-        out += _block_lines(render_banner(key[0], when), newline) + body(ours[key]) + [newline]
-    for block in foreign:
-        out += body(block) + [newline]
-    return "".join(out).rstrip("\r\n") + newline, dropped
+    for i in order:
+        block, kind = rest[i], kinds[i]
+        if kind and prefix and kind != "host":
+            _convert_prefix(block, prefix, newline)
+        banner = _block_lines(render_banner(kind, when), newline) if kind else []
+        out += banner + body(block) + [newline]
+    return "".join(out).rstrip("\r\n") + newline, notes
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -3156,8 +3654,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         raise CloudxError(f"no SSH config at {path}", f"run '{PROG} setup' first, or pass --ssh-config")
     notes: list[str] = []
 
+    prefix = args.ssh_host_prefix
+    if prefix is not None:
+        validate_host_part("--ssh-host-prefix", prefix)
+
     def update(old: str) -> str:
-        new, dropped = canonical_config(old, time.strftime("%Y-%m-%d %H:%M:%S"))
+        new, dropped = canonical_config(old, time.strftime("%Y-%m-%d %H:%M:%S"), prefix)
         notes.extend(dropped)
         # Only the banners' dates changed: nothing to clean.
         same = [ln for ln in new.splitlines() if not ln.startswith("# Created by")] == [
@@ -3650,6 +4152,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--ssh-config", help="SSH config (default: ~/.ssh/cloudX/config)")
+    p.add_argument(
+        "--ssh-host-prefix",
+        help="convert between cloudx and cloudX: wildcard Host lines lead with this spelling (host names are kept)",
+    )
     p.add_argument("--dry-run", action="store_true", help="show the diff; write nothing")
     p.set_defaults(func=cmd_cleanup)
     p = sub.add_parser(

@@ -50,14 +50,14 @@ def run(home: Path, *args: str, stdin: str | None = None) -> subprocess.Complete
 
 def test_canonical_order_and_duplicates() -> None:
     text, dropped = cp.canonical_config(MESSY, "2026-02-02 00:00:00")
-    assert dropped == ["dropped duplicate host block Host cloudX-dev-web (the later one is kept)"]
+    assert dropped == ["dropped duplicate host block Host cloudX-dev-web (ssh reads an earlier one)"]
     assert text.startswith("# my settings\nServerAliveInterval 30\n\n# Created by cloudX-proxy")
     order = [
         text.index(s)
         for s in ("Host cloudX-*\n", "Host cloudX-dev-*\n", "Host cloudX-dev-web\n", "Host mine\n", "Match host")
     ]
     assert order == sorted(order)
-    assert "i-22222222" in text and "i-0123456789abcdef0" not in text, "last one wins"
+    assert "i-0123456789abcdef0" in text and "i-22222222" not in text, "ssh used the first: it stays"
     assert "Host mine\n\tHostName 192.0.2.7   # keep me\n" in text, "foreign lines byte for byte"
     assert "Match host *.corp\n  User me\n" in text
     assert text.count("# Configuration type:") == 3

@@ -151,7 +151,7 @@ def test_proxy_command_quoting() -> None:
     )
     assert cmd == (
         "/usr/bin/python3 '/opt/my tools/cloudx_proxy.pyz' connect %h %p --profile prof --ssh-key key "
-        "--ssh-dir /home/u/.ssh/100%%/cloudX --aws-env prod"
+        "--ssh-dir /home/u/.ssh/100%%/cloudX --aws-env prod --user %r"
     )
     assert "--aws-env" not in cp.render_proxy_command(["x"], "p", "k", "/d", None)
     win = cp.render_proxy_command(
@@ -209,3 +209,166 @@ def test_vscode_settings_snippet() -> None:
     assert snippet["remote.SSH.configFile"] == '/h/.ssh/my "x"/config'
     assert snippet["remote.SSH.connectTimeout"] == 90
     assert snippet["remote.SSH.remotePlatform"] == {"cloudX-*": "linux"}
+
+
+# What PyPI cloudx-proxy 0.17.6's setup wrote for two hosts (copied from its output; the e2e tests in
+# test_adopt_e2e.py run its own code).
+RULE = "# " + "=" * 78 + "\n"
+ORIGINAL_017 = (
+    "# SSH Configuration - Managed by cloudx-proxy v0.17.6\n\n"
+    f"{RULE}#  GLOBAL\n{RULE}\n"
+    "Host cloudx-* cloudX-*\n    User ec2-user\n    TCPKeepAlive yes\n    IdentitiesOnly yes\n"
+    "    ControlMaster auto\n    ControlPath ~/.ssh/control/%r@%h:%p\n    ControlPersist 4h\n\n"
+    f"{RULE}#  dev\n{RULE}\n"
+    "Host cloudx-dev-* cloudX-dev-*\n    IdentityFile /h/.ssh/cloudX/cloudX\n"
+    "    ProxyCommand uvx cloudx-proxy connect %h %p\n\n"
+    "Host cloudx-dev-web\n    HostName i-0123456789abcdef0\n    LocalForward 8080 localhost:80\n\n"
+    f"{RULE}#  NOT MANAGED BY cloudx-proxy - PRESERVED AS-IS\n{RULE}\n"
+    "Host mybox\n    HostName 192.0.2.1\n"
+)
+PROGRAM = ["/usr/bin/python3", "/opt/cloudx_proxy.pyz"]
+
+
+def test_the_originals_blocks_and_banners_are_recognised() -> None:
+    blocks = cp.split_config(ORIGINAL_017)
+    assert cp.join_config(blocks) == ORIGINAL_017
+    assert [b.words() for b in blocks[1:]] == [
+        ["cloudx-*", "cloudX-*"],
+        ["cloudx-dev-*", "cloudX-dev-*"],
+        ["cloudx-dev-web"],
+        ["mybox"],
+    ]
+    assert blocks[1].is_host("cloudX-*") and blocks[2].is_host("CLOUDX-dev-*") and not blocks[4].is_host("cloudx-*")
+    assert [b.original_banner() for b in blocks[1:]] == [True, True, False, True]
+    assert blocks[0].lines == ["# SSH Configuration - Managed by cloudx-proxy v0.17.6\n", "\n"]
+    assert not cp.ConfigBlock("host", "a b", ["Host a b\n"]).is_host("a")
+
+
+@pytest.mark.parametrize(
+    "command,adopted",
+    [
+        ("uvx cloudx-proxy connect %h %p", "connect %h %p --user %r"),
+        ("uvx cloudX-proxy connect %h %p --profile p --ssh-key k", "connect %h %p --profile p --ssh-key k --user %r"),
+        ("cloudx-proxy connect %h %p --aws-env 'a b'", "connect %h %p --aws-env 'a b' --user %r"),
+        (
+            "cloudX-proxy connect %h %p --ssh-config ~/.ssh/x/config",
+            "connect %h %p --ssh-config ~/.ssh/x/config --user %r",
+        ),
+        ("/usr/local/bin/uvx cloudx-proxy@0.17.6 connect %h %p --user me", "connect %h %p --user me"),
+        ("/usr/bin/python3 /x.pyz connect %h %p", None),  # ours already
+        ("/home/u/bin/cloudx-proxy connect %h %p", None),  # a path: may be ours (pip install of this project)
+        ("nc %h %p", None),
+        ("uvx cloudx-proxy", None),
+    ],
+)
+def test_adopt_proxy_command(command: str, adopted: str | None) -> None:
+    expected = None if adopted is None else "/usr/bin/python3 /opt/cloudx_proxy.pyz " + adopted
+    assert cp.adopt_proxy_command(command, PROGRAM) == expected
+
+
+def test_adopt_config_touches_only_the_proxy_commands_and_banners() -> None:
+    text, notes = cp.adopt_config(ORIGINAL_017, PROGRAM, WHEN)
+    assert notes == [
+        "Host cloudx-dev-* cloudX-dev-*: the ProxyCommand ran 'uvx cloudx-proxy', "
+        "now /usr/bin/python3 /opt/cloudx_proxy.pyz (same arguments, plus --user %r)"
+    ]
+    assert text.startswith(f"# Created by cloudX-proxy v{cp.__version__} on {WHEN}\n# Configuration type: generic\n")
+    assert "Managed by" not in text and "#  GLOBAL" not in text and "#  dev\n" not in text
+    assert "    ProxyCommand /usr/bin/python3 /opt/cloudx_proxy.pyz connect %h %p --user %r\n" in text
+    assert (
+        f"{RULE}#  NOT MANAGED BY cloudx-proxy - PRESERVED AS-IS\n{RULE}\nHost mybox\n    HostName 192.0.2.1\n" in text
+    )
+    assert "Host cloudx-dev-web\n    HostName i-0123456789abcdef0\n    LocalForward 8080 localhost:80\n" in text
+    assert cp.adopt_config(text, PROGRAM, WHEN) == (text, []), "once"
+
+
+def test_merge_adopts_in_place_and_keeps_the_users_lines() -> None:
+    text, _ = cp.adopt_config(ORIGINAL_017, PROGRAM, WHEN)
+    merged, notes = cp.merge_config(
+        text, blocks_for(prefix="cloudx", iid="i-0123456789abcdef1"), {"cloudx-dev-web"}, "2027-01-01 00:00:00"
+    )
+    assert notes == [
+        "kept generic block Host cloudx-*",
+        "kept environment block Host cloudx-dev-*",
+        "updated host block Host cloudx-dev-web",
+    ]
+    assert "Host cloudx-dev-web\n    HostName i-0123456789abcdef1\n    LocalForward 8080 localhost:80\n" in merged
+    assert merged.count("Host ") == 4, "nothing added"
+    # A host spelled cloudX under the adopted blocks: no pattern twice, the new host after its environment.
+    again, notes = cp.merge_config(merged, blocks_for(prefix="cloudX", host="db"), {"cloudX-dev-db"}, WHEN)
+    assert "added host block Host cloudX-dev-db" in notes and again.count("cloudX-*") == 1
+    assert again.index("Host cloudx-dev-web") < again.index("Host cloudX-dev-db") < again.index("NOT MANAGED")
+
+
+def test_merge_adds_a_missing_spelling_to_the_wildcard_lines() -> None:
+    text = "Host cloudX-*\n    User ec2-user\n\nHost cloudX-dev-*  # mine\n    ProxyCommand P\n"
+    blocks = [
+        ("generic", "cloudx-*", "Host cloudx-* cloudX-*\n    User ec2-user\n"),
+        ("environment", "cloudx-dev-*", "Host cloudx-dev-* cloudX-dev-*\n    ProxyCommand P\n"),
+    ]
+    merged, notes = cp.merge_config(text, blocks, set(), WHEN)
+    assert "Host cloudX-* cloudx-*\n" in merged and "Host cloudX-dev-* cloudx-dev-*  # mine\n" in merged
+    assert notes == [
+        "added cloudx-* to the Host line of the generic block",
+        "added cloudx-dev-* to the Host line of the environment block",
+    ]
+    assert cp.merge_config(merged, blocks, set(), WHEN)[0] == merged
+
+
+def test_owned_lines_change_in_place() -> None:
+    block = cp.split_config("Host x\n  IdentityFile /old  # my key\n  LocalForward 1 h:1\n  ProxyCommand old\n")[1]
+    rendered = ["IdentityFile /new", "IdentitiesOnly yes", "ProxyCommand new"]
+    assert cp.set_owned_lines(block, "environment", rendered, "\n")
+    assert "".join(block.lines) == (
+        "Host x\n  IdentityFile /new  # my key\n  LocalForward 1 h:1\n  ProxyCommand new\n    IdentitiesOnly yes\n"
+    )
+    assert not cp.set_owned_lines(block, "environment", rendered, "\n"), "nothing left to change"
+
+
+def test_new_block_goes_below_the_comment_that_introduces_the_next() -> None:
+    text = "Host cloudX-dev-*\n    ProxyCommand P\n\n# my server\nHost mybox\n    Port 2\n"
+    blocks = [
+        ("environment", "cloudX-dev-*", "Host cloudX-dev-*\n    ProxyCommand P\n"),
+        ("host", "cloudX-dev-web", "Host cloudX-dev-web\n    HostName i-1\n"),
+    ]
+    merged, _ = cp.merge_config(text, blocks, set(), WHEN)
+    assert merged.endswith("Host cloudX-dev-web\n    HostName i-1\n\n# my server\nHost mybox\n    Port 2\n")
+    assert merged.startswith("Host cloudX-dev-*\n    ProxyCommand P\n\n# Created by")
+
+
+def test_names_and_prefix_already_in_the_config() -> None:
+    assert cp.config_prefix(ORIGINAL_017) == "cloudx"
+    assert cp.config_prefix("Host cloudX-*\n") == "cloudX"
+    assert cp.config_prefix("Host cloudx-dev-a\nHost cloudx-dev-b\n") == "cloudx"
+    assert cp.config_prefix("Host cloudx-dev-a\nHost cloudX-dev-b\n") is None
+    assert cp.config_prefix("Host other\n") is None
+    assert cp.existing_names(ORIGINAL_017, "cloudX", "Dev", "WEB") == ("dev", "cloudx-dev-web")
+    assert cp.existing_names(ORIGINAL_017, "cloudX", "prod", "api") == ("prod", "cloudX-prod-api")
+
+
+@pytest.mark.parametrize(
+    "a,b,overlap",
+    [
+        ("*", "anything", True),
+        ("cloudx-*", "cloudX-dev-web", True),  # case ignored: errs on the safe side
+        ("cloudx-dev-*", "cloudx-prod-*", False),
+        ("a*c", "ab*", True),
+        ("a?c", "abd", False),
+        ("*a*", "*b*", True),
+        ("*.corp", "*.com", False),
+        ("web", "web", True),
+        ("web", "db", False),
+    ],
+)
+def test_glob_overlap(a: str, b: str, overlap: bool) -> None:
+    assert cp.glob_overlap(a, b) is overlap and cp.glob_overlap(b, a) is overlap
+
+
+def test_cleanup_keeps_a_users_earlier_block_first_and_converts_the_prefix() -> None:
+    text = "Host *\n    User me\n\nHost cloudx-dev-web\n    HostName i-1\n\nHost cloudx-*\n    User ec2-user\n"
+    cleaned, _ = cp.canonical_config(text, WHEN)
+    assert cleaned.index("Host *\n") < cleaned.index("Host cloudx-*\n"), "both set User: the order stays"
+    converted, _ = cp.canonical_config(ORIGINAL_017, WHEN, "cloudX")
+    assert "Host cloudX-* cloudx-*\n" in converted and "Host cloudX-dev-* cloudx-dev-*\n" in converted
+    assert "uvx cloudX-proxy connect" in converted and "Host cloudx-dev-web\n" in converted
+    assert "NOT MANAGED" not in converted and "Managed by" not in converted

@@ -288,8 +288,11 @@ class Case:
         self.env["LANG"] = "C.UTF-8"
 
     def expected_argv(self) -> list[str]:
+        import pwd
+
         argv = [self.program, "connect", IID, "22", "--profile", self.profile, "--ssh-key", self.key]
-        return argv + ["--ssh-dir", self.ssh_dir] + (["--aws-env", self.aws_env] if self.aws_env else [])
+        argv += ["--ssh-dir", self.ssh_dir] + (["--aws-env", self.aws_env] if self.aws_env else [])
+        return argv + ["--user", pwd.getpwuid(os.getuid()).pw_name]  # %r: no User line, so the local user
 
     def ssh_g(self, config: str) -> dict[str, list[str]]:
         text = Path(config).read_text(encoding="utf-8")
@@ -574,18 +577,26 @@ def test_merge_keeps_foreign_lines_and_is_idempotent(text: str, replace: set[str
     nl = "\r\n" if "\r\n" in text else "\n"
     result_lines = cp.split_lines(merged)  # lines as ssh reads them (str.splitlines also breaks at \x0c etc.)
     assert is_subsequence(kept_lines(text, updated), result_lines), (notes, merged)
-    if not updated:
-        assert merged.startswith(text.rstrip("\r\n")), "with nothing replaced, merge only appends"
+    if not updated and not any(n.startswith("added ") for n in notes):
+        assert merged.rstrip("\r\n") == text.rstrip("\r\n"), "nothing updated or added: nothing changed"
     if nl == "\r\n":
         assert "\n" not in merged.replace("\r\n", ""), "no bare LF in a CRLF file"
     assert merged.endswith(nl) and not merged.endswith(nl + nl) or merged == nl
     for kind, pattern, block in new_blocks():
         found = cp.find_block(merged, pattern)
         assert found is not None, pattern
-        if pattern in replace or f"added {kind} block Host {pattern}" in notes:
+        if f"added {kind} block Host {pattern}" in notes:
             assert found.body() == cp.ConfigBlock(None, "", block.splitlines()).body()
+        elif pattern in replace:
+            assert owned(found.lines, kind) == owned(block.splitlines(), kind), "setup's lines, in place"
     twice, notes2 = cp.merge_config(merged, new_blocks(), replace, "2030-12-31 23:59:59")
     assert twice == merged and all(n.startswith("kept ") for n in notes2)
+
+
+def owned(lines: list[str], kind: str) -> list[tuple[str, str]]:
+    """The (keyword, value) pairs of the lines setup owns in a block of that kind."""
+    found = [cp.parse_directive(ln) for ln in lines]
+    return [(p[0], p[1]) for p in found if p and p[0] in cp.OWNED_KEYWORDS[kind]]
 
 
 def ssh_blocks(text: str) -> list[tuple[list[str] | None, list[str]]]:
@@ -614,12 +625,13 @@ def ssh_blocks(text: str) -> list[tuple[list[str] | None, list[str]]]:
 def test_merge_replaces_the_block_ssh_will_use(text: str, replace: set[str]) -> None:
     """ssh takes each setting from the first block that matches: for a replaced pattern that must be ours."""
     merged, notes = cp.merge_config(text, new_blocks(), replace, WHEN)
-    for _kind, pattern, block in new_blocks():
+    for kind, pattern, block in new_blocks():
         if pattern not in replace:
             continue
         first = next((b for b in ssh_blocks(merged) if b[0] and [p.lower() for p in b[0]] == [pattern.lower()]), None)
         assert first is not None, pattern
-        assert first[1] == ssh_blocks(block)[0][1], (f"ssh reads Host {pattern} from another block", notes, merged)
+        want = owned(ssh_blocks(block)[0][1], kind)
+        assert owned(first[1], kind) == want, (f"ssh reads Host {pattern} from another block", notes, merged)
 
 
 @PURE

@@ -424,6 +424,7 @@ class Handler(BaseHTTPRequestHandler):
                     "instance_ids": ids,
                     "access_key": access_key,
                     "user_agent": self.headers.get("User-Agent", "")[:200],
+                    "os_user": str(payload.get("InstanceOSUser", "")) if isinstance(payload, dict) else "",
                 }
             )
         xml_errors = not target and "form-urlencoded" in self.headers.get("Content-Type", "")

@@ -39,7 +39,7 @@ import sys
 
 SOURCE_SHA256 = "@SOURCE_SHA256@"
 HEADER = b"cloudx-proxy bytecode\\n"
-NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows would translate newlines
 AT = os.name != "nt" and os.open in os.supports_dir_fd and os.listdir in os.supports_fd
 
 
@@ -116,7 +116,8 @@ def _drop(dfd, cache, name):
 
 def _read(dfd, cache, name, header):
     try:
-        fd = os.open(name if dfd is not None else os.path.join(cache, name), os.O_RDONLY | NOFOLLOW, dir_fd=dfd)
+        flags = os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block us
+        fd = os.open(name if dfd is not None else os.path.join(cache, name), flags, dir_fd=dfd)
     except FileNotFoundError:
         return None
     except OSError as e:

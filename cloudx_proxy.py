@@ -1063,7 +1063,8 @@ def open_private(path: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
     that nobody else can write (that is how files in the cache dir are opened)."""
     import stat
 
-    fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), mode)
+    # O_NONBLOCK: opening a FIFO put in a file's place must not hang us (fstat then rejects it)
+    fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), mode)
     try:
         st = os.fstat(fd)
         why = "not a regular file" if not stat.S_ISREG(st.st_mode) else _untrusted(st, path)

@@ -130,6 +130,7 @@ def test_bad_entries_in_our_dir_are_replaced(pyz: Path, tmp_path: Path, other: t
         "not code": lambda: entry.write_bytes(HEADER + marshal.dumps({"not": "code"})),
         "truncated": lambda: entry.write_bytes(good[: len(good) // 2]),
         "garbage": lambda: entry.write_bytes(os.urandom(300)),
+        "fifo": lambda: os.mkfifo(entry),  # must not block the start-up
         "other source": lambda: entry.write_bytes(HEADER.replace(SHA.encode(), b"0" * 64) + plant(marker)),
     }
     first = version(pyz, xdg)

@@ -171,6 +171,7 @@ def test_connect_with_a_foreign_cache_dir_full_of_traps(
     cache = xdg / "cloudx-proxy"
     fill_hostile(cache, marker)
     traps = [f"push-eu-west-1-{iid}-ec2-user-cloudX.json", f"lock-eu-west-1-{iid}", f"started-eu-west-1-{iid}"]
+    traps += ["gate-1-1", "gate-1-1.pid", "gate-1-1.ready"]  # gate-like names (the real ones are unpredictable)
     for name in traps:
         (cache / name).symlink_to(victim)
     chown_tree(cache, *other)
@@ -209,12 +210,16 @@ def test_connect_with_bad_entries_in_our_cache_dir(
     fake.write_text(json.dumps(record))
     push = cache / f"push-eu-west-1-{iid}-ec2-user-cloudX.json"
     push.symlink_to(fake)
+    gate = cache / "gate-1-1"  # a stale gate-like entry that is a symlink: removed, never followed
+    gate.symlink_to(fake)
+    os.utime(gate, (1, 1), follow_symlinks=False)
     res = ssh(rig, home, pyz, iid, dict(rig.env(home), XDG_CACHE_HOME=str(xdg)))
     assert res.returncode == 0 and res.stdout == "ok\n", res.stderr
     assert not marker.exists(), "planted bytecode ran"
     assert any(c["action"] == "SendSSHPublicKey" and iid in c["instance_ids"] for c in rig.calls())
     assert good_entry(cache / ENTRY) and not (cache / LEGACY_ENTRY).exists()
     assert not push.is_symlink() and json.loads(fake.read_text()) == record, "the symlink was replaced, not followed"
+    assert not gate.is_symlink() and not gate.exists()
 
 
 # --- a hostile endpoint: what AWS returns reaches no config line ------------------------

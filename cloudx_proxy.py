@@ -449,6 +449,14 @@ def aws_value(value: Any, what: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
+def printable(text: str) -> str:
+    """text safe for one output line: whitespace becomes a space, other control characters
+    (terminal escapes) are shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else " " if c.isspace() else repr(c)[1:-1] for c in text)
+
+
 def aws_text(value: Any) -> str:
     """Free text from AWS (a tag, an ARN) made safe for one output line: printable, bounded."""
     text = value if isinstance(value, str) else repr(value)
@@ -2732,7 +2740,7 @@ def _status_of(answer: Any, iid: str, ec2: bool) -> str:
             raise answer
         return (parse_instance_state(answer, iid) or "not found") if ec2 else parse_ping_status(answer, iid)
     except CloudxError as e:
-        return f"error: {e.message}"
+        return printable(f"error: {e.message}")
 
 
 def list_json(
@@ -2809,6 +2817,7 @@ def render_findings(findings: list[tuple[str, str, str, str]], color: bool = Fal
     """One line per check: level, check, detail and, for warn/FAIL, the fix."""
     lines = []
     for level, check, detail, fix in findings:
+        detail, fix = printable(detail), printable(fix)  # details quote AWS error messages
         line = f"{paint(level, f'{level:<5}') if color else f'{level:<5}'} {check}: {detail}"
         if fix and level != OK:
             line += f" -- fix: {fix}"
@@ -3698,6 +3707,7 @@ def main(argv: list[str] | None = None) -> int:
         _COLOR = sys.stderr.isatty() and not os.environ.get("NO_COLOR") and not getattr(args, "no_color", False)
         return int(args.func(args))
     except CloudxError as e:
+        e.message, e.hint = printable(e.message), printable(e.hint) if e.hint else e.hint  # may quote AWS
         print(render_error(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

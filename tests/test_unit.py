@@ -565,3 +565,12 @@ def test_parse_openssh_version() -> None:
     assert cp.parse_openssh_version("OpenSSH_for_Windows_9.5p1, LibreSSL 3.8.2") == (9, 5)
     assert cp.parse_openssh_version("ssh: unknown option") is None
     assert cp.openssh_patched("OpenSSH_8.4p1 Debian-5+deb11u3") and not cp.openssh_patched("OpenSSH_8.4p1 Debian-5")
+
+
+def test_error_lines_from_aws_text_stay_one_clean_line(capsys: pytest.CaptureFixture[str]) -> None:
+    hostile = "An error occurred (Boom) when calling the DescribeInstances operation: bad\x1b]0;owned\x07\nline"
+    e = cp.classify_aws_error(hostile, "DescribeInstances", "p", "eu-west-1")
+    assert cp.printable(e.message) == "DescribeInstances failed: Boom: bad\\x1b]0;owned\\x07"
+    assert cp.printable("a\nb\tc") == "a b c"
+    text = cp.render_findings([(cp.FAIL, "instance", e.message + "\nforged line", "")])
+    assert text.count("\n") == 2 and "\x1b" not in text

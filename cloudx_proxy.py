@@ -416,7 +416,7 @@ def aws_shape_error(what: str) -> CloudxError:
     """The one error for an AWS answer that is not what the API documents."""
     return CloudxError(
         f"unexpected answer from AWS: {what}",
-        "check AWS_ENDPOINT_URL and any proxy between you and AWS; run again with --verbose",
+        "check AWS_ENDPOINT_URL and any proxy between you and AWS",
     )
 
 

@@ -411,32 +411,139 @@ def build_session_argv(aws: str, instance_id: str, port: int, profile: str, regi
     ]  # fmt: skip
 
 
+# What AWS returns is checked as strictly as user input: a hostile or broken
+# endpoint (AWS_ENDPOINT_URL, a proxy) must not reach a config line or a log.
+EC2_STATE_RE = re.compile(r"[a-z][a-z-]{0,31}")
+PING_STATUS_RE = re.compile(r"[A-Za-z][A-Za-z-]{0,31}")
+AWS_TEXT_MAX = 256
+
+
+def aws_shape_error(what: str) -> CloudxError:
+    """The one error for an AWS answer that is not what the API documents."""
+    return CloudxError(
+        f"unexpected answer from AWS: {what}",
+        "check AWS_ENDPOINT_URL and any proxy between you and AWS",
+    )
+
+
+def aws_list(data: Any, key: str) -> list[Any]:
+    """data[key] as a list ([] when data is null or the key is absent); another shape is an error."""
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise aws_shape_error(f"expected an object holding {key}, got {type(data).__name__}")
+    value = data.get(key, [])
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise aws_shape_error(f"{key} is {type(value).__name__}, not a list")
+    return value
+
+
+def aws_dict(value: Any, what: str) -> dict[str, Any]:
+    """An object from an AWS answer; another shape is an error."""
+    if not isinstance(value, dict):
+        raise aws_shape_error(f"{what} is {type(value).__name__}, not an object")
+    return value
+
+
+def aws_value(value: Any, what: str, pattern: re.Pattern[str]) -> str:
+    """A string from AWS that must match pattern in full (instance ids, states), else an error."""
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        shown = repr(value)[:80] if isinstance(value, str) else type(value).__name__
+        raise aws_shape_error(f"invalid {what} {shown}")
+    return value
+
+
+def printable(text: str) -> str:
+    """text safe for one output line: whitespace becomes a space, other control characters
+    (terminal escapes) are shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else " " if c.isspace() else repr(c)[1:-1] for c in text)
+
+
+def aws_text(value: Any) -> str:
+    """Free text from AWS (a tag, an ARN) made safe for one output line: printable, bounded."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > AWS_TEXT_MAX or not text.isprintable():
+        return repr(text[:AWS_TEXT_MAX])
+    return text
+
+
+def parse_instances(data: Any) -> list[dict[str, Any]]:
+    """The instances of a describe-instances answer (every reservation), each an object."""
+    found = []
+    for reservation in aws_list(data, "Reservations"):
+        for inst in aws_list(aws_dict(reservation, "a reservation"), "Instances"):
+            found.append(aws_dict(inst, "an instance"))
+    return found
+
+
+def instance_state_name(inst: dict[str, Any]) -> str:
+    """The validated State.Name of one instance object; missing is an error."""
+    state = aws_dict(inst.get("State"), "State of an instance")
+    return aws_value(state.get("Name"), "instance state", EC2_STATE_RE)
+
+
+def parse_tags(inst: dict[str, Any]) -> dict[str, str]:
+    """An instance's tags as {key: value}; keys and values must be strings."""
+    tags: dict[str, str] = {}
+    for tag in aws_list(inst, "Tags"):
+        tag = aws_dict(tag, "a tag")
+        key, value = tag.get("Key"), tag.get("Value", "")
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise aws_shape_error("a tag whose Key or Value is not a string")
+        tags[key] = value
+    return tags
+
+
 def parse_instance_state(data: Any, instance_id: str) -> str | None:
     """EC2 state name of one instance from describe-instances JSON (None if absent)."""
-    for reservation in (data or {}).get("Reservations", []):
-        for inst in reservation.get("Instances", []):
-            if inst.get("InstanceId") == instance_id:
-                return str(inst.get("State", {}).get("Name"))
+    for inst in parse_instances(data):
+        if inst.get("InstanceId") == instance_id:
+            return instance_state_name(inst)
     return None
 
 
 def parse_ping_status(data: Any, instance_id: str) -> str:
     """SSM PingStatus of one instance from describe-instance-information JSON."""
-    for info in (data or {}).get("InstanceInformationList", []):
+    for info in aws_list(data, "InstanceInformationList"):
+        info = aws_dict(info, "an InstanceInformationList entry")
         if info.get("InstanceId") == instance_id:
-            return str(info.get("PingStatus"))
+            return aws_value(info.get("PingStatus"), "SSM PingStatus", PING_STATUS_RE)
     return "NotRegistered"
 
 
 def parse_previous_state(data: Any) -> str | None:
     """PreviousState of the first instance in a start-instances response."""
-    items = (data or {}).get("StartingInstances") or [{}]
-    name = items[0].get("PreviousState", {}).get("Name")
-    return str(name) if name is not None else None
+    items = aws_list(data, "StartingInstances")
+    if not items:
+        return None
+    previous = aws_dict(items[0], "a StartingInstances entry").get("PreviousState")
+    if previous is None:
+        return None
+    return aws_value(aws_dict(previous, "PreviousState").get("Name"), "previous instance state", EC2_STATE_RE)
+
+
+def parse_identity(data: Any) -> str:
+    """The caller's ARN from sts get-caller-identity ('' when absent), printable."""
+    if data is None:
+        return ""
+    arn = aws_dict(data, "the caller identity").get("Arn", "")
+    if not isinstance(arn, str) or len(arn) > 2048 or not arn.isprintable():
+        raise aws_shape_error(f"invalid caller ARN {repr(arn)[:80]}")
+    return arn
 
 
 def cache_dir(environ: Mapping[str, str], home: str) -> str:
-    """Our cache directory: $XDG_CACHE_HOME/cloudx-proxy, ~/.cache/..., %LOCALAPPDATA%."""
+    """Our cache directory: $XDG_CACHE_HOME/cloudx-proxy, ~/.cache/..., %LOCALAPPDATA%.
+
+    Only the path: nothing is checked or created. Before using it, call
+    ensure_private_dir(), which raises OSError unless the directory is ours and
+    private; callers then run without the cache (or with a private temp dir).
+    Files in it are opened through open_private() (no symlinks, owner checked).
+    """
     if os.name == "nt" and environ.get("LOCALAPPDATA"):
         return os.path.join(environ["LOCALAPPDATA"], "cloudx-proxy")
     base = environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
@@ -565,12 +672,14 @@ def validate_config_path(kind: str, value: str, include: bool = False) -> str:
 def env_from_identity(arn: str) -> tuple[str | None, str]:
     """The cloudX environment of an IAM user 'cloudX-{env}-{user}' (any case), and the user name.
 
-    Roles (SSO, assumed) carry no environment.
+    Roles (SSO, assumed) carry no environment. The ARN comes from AWS: an
+    environment that could not be a host name part is not one.
     """
     kind, _, name = arn.partition(":user/") if ":user/" in arn else ("", "", "")
     user = name.rsplit("/", 1)[-1]
     match = IAM_USER_RE.fullmatch(user) if user else None
-    return (match.group(1) if match else None), (user or arn.rsplit("/", 1)[-1])
+    env = match.group(1) if match and HOST_PART_RE.fullmatch(match.group(1)) else None
+    return env, aws_text(user or arn.rsplit("/", 1)[-1])
 
 
 def names_from_tags(tags: dict[str, str]) -> tuple[str | None, str | None]:
@@ -578,13 +687,20 @@ def names_from_tags(tags: dict[str, str]) -> tuple[str | None, str | None]:
 
     Environment: the cloudX:environment / cloudx:environment / Environment tag,
     else the env of a legacy Name 'cloudX-{env}-{host}'. Hostname: the Name tag
-    (before ' | '), without a legacy prefix.
+    (before ' | '), without a legacy prefix. Tags come from AWS, so an
+    environment that is not a valid host name part is left out (setup then
+    asks, or needs --environment); the hostname is cleaned by the caller.
     """
-    name = tags.get("Name", "").split(" | ")[0].strip()
+    name = tags.get("Name", "")
+    name = name.split(" | ")[0].strip() if isinstance(name, str) else ""
     legacy = re.fullmatch(r"cloud[xX]-([^-]+)-(.+)", name)
     hostname = legacy.group(2) if legacy else (name or None)
-    env = tags.get("cloudX:environment") or tags.get("cloudx:environment") or tags.get("Environment")
-    return env or (legacy.group(1) if legacy else None), hostname
+    candidates = [tags.get(k) for k in ("cloudX:environment", "cloudx:environment", "Environment")]
+    env = next((v for v in candidates if v), None) or (legacy.group(1) if legacy else None)
+    if env is not None and not (isinstance(env, str) and HOST_PART_RE.fullmatch(env)):
+        debug(f"ignoring the environment tag {aws_text(env)}: not usable in a host name")
+        env = None
+    return env, hostname
 
 
 def quote_proxy_arg(value: str, windows: bool = False) -> str:
@@ -1263,14 +1379,58 @@ def render_host_list(
 # ---------------------------------------------------------------------------
 # File helpers
 # ---------------------------------------------------------------------------
+def _untrusted(st: os.stat_result, path: str) -> str | None:
+    """Why a file or directory of ours may not be trusted (owner, group/other-writable), or None."""
+    if os.name == "nt":
+        return None  # per-user profile directories; no uid or mode bits to check
+    if st.st_uid != os.getuid():
+        return f"{path} is owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
+    if st.st_mode & 0o022:
+        return f"{path} is writable by others (mode {st.st_mode & 0o777:o})"
+    return None
+
+
 def ensure_private_dir(path: str) -> str:
-    """Create a 0700 directory (and parents) if missing; tighten ours if looser."""
+    """Create a 0700 directory (and parents) if missing; tighten ours if looser.
+
+    Raises OSError when the existing directory cannot be trusted: owned by
+    someone else, or a symlink that someone else made or that points at a
+    directory that is not ours.
+    """
+    import stat
+
     os.makedirs(path, mode=0o700, exist_ok=True)
-    if os.name != "nt":
-        st = os.stat(path)
-        if st.st_mode & 0o077 and st.st_uid == os.getuid():
-            os.chmod(path, 0o700)
+    if os.name == "nt":
+        return path
+    lst = os.lstat(path)
+    st = os.stat(path) if stat.S_ISLNK(lst.st_mode) else lst
+    if stat.S_ISLNK(lst.st_mode) and lst.st_uid != os.getuid():
+        raise OSError(f"not using {path}: it is a symlink owned by uid {lst.st_uid}, not by you")
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"not using {path}: not a directory")
+    if st.st_uid != os.getuid():
+        raise OSError(f"not using {path}: owned by uid {st.st_uid}, not by you (uid {os.getuid()})")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
     return path
+
+
+def open_private(path: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+    """os.open() a file of ours without following a symlink; OSError unless it is a regular file we own
+    that nobody else can write (that is how files in the cache dir are opened)."""
+    import stat
+
+    # O_NONBLOCK: opening a FIFO put in a file's place must not hang us (fstat then rejects it)
+    fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), mode)
+    try:
+        st = os.fstat(fd)
+        why = "not a regular file" if not stat.S_ISREG(st.st_mode) else _untrusted(st, path)
+        if why:
+            raise OSError(f"not using {path}: {why}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def atomic_write(path: str, text: str, mode: int = 0o600) -> None:
@@ -1320,9 +1480,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 def read_json_file(path: str) -> Any:
-    """Parsed JSON from a file, or None when it is missing or unreadable."""
+    """Parsed JSON from a file of ours, or None when it is missing, unreadable or not to be trusted
+    (a symlink, another owner, writable by others: see open_private)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        fd = open_private(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        debug(f"ignoring {path}: {e.strerror or e}")
+        return None
+    try:
+        with os.fdopen(fd, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
@@ -1332,14 +1500,17 @@ class FileLock:
     """An exclusive lock on a file (fcntl on POSIX, msvcrt on Windows), with a deadline.
 
     The OS drops the lock when its holder dies, so a killed connect never
-    leaves a stale lock behind.
+    leaves a stale lock behind. The lock file is opened without following a
+    symlink and must be ours (open_private); a symlink in its place (only we
+    can have made one in our private dir) is replaced. A directory can be
+    locked too (POSIX): then nothing is created.
     """
 
     def __init__(self, path: str, deadline: float):
         self.path, self.deadline, self.fd = path, deadline, -1
 
     def __enter__(self) -> FileLock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.fd = self._open()
         waited = False
         while not self._try_lock():
             if time.monotonic() >= self.deadline:
@@ -1350,6 +1521,24 @@ class FileLock:
                 waited = True
             time.sleep(0.1)
         return self
+
+    def _open(self) -> int:
+        import errno
+
+        if os.name != "nt" and os.path.isdir(self.path) and not os.path.islink(self.path):
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+            why = _untrusted(os.fstat(fd), self.path)
+            if why:
+                os.close(fd)
+                raise OSError(f"not locking {self.path}: {why}")
+            return fd
+        try:
+            return open_private(self.path, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            if e.errno != errno.ELOOP or not os.path.islink(self.path):
+                raise
+        os.unlink(self.path)  # a symlink where our lock file belongs: never follow it
+        return open_private(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
 
     def _try_lock(self) -> bool:
         try:
@@ -1423,28 +1612,49 @@ def update_file(
 
     A symlinked file is written through to its target. `update` gets the current
     text and returns the new one (None: no change). Returns (old, new or None).
+    A dry run only reads: no lock, no cache dir, no backup. When the cache dir
+    cannot be trusted, the lock is taken on the file's directory instead.
     """
     real = os.path.realpath(path)
-    ensure_private_dir(cache)
-    import hashlib
-
-    lock = os.path.join(cache, "lock-file-" + hashlib.sha1(real.encode("utf-8")).hexdigest()[:16])
-    with FileLock(lock, time.monotonic() + 60):
+    if dry_run:
         old = read_text(real)
         new = update(old)
-        if new is None or new == old or dry_run:
-            return old, (None if new == old else new)
-        directory = os.path.dirname(real)
+        return old, (None if new is None or new == old else new)
+    import hashlib
+
+    directory = os.path.dirname(real)
+    try:
+        ensure_private_dir(cache)
+        lock = os.path.join(cache, "lock-file-" + hashlib.sha1(real.encode("utf-8")).hexdigest()[:16])
+    except OSError as e:
+        debug(f"{e}; locking {directory} instead")
         if not os.path.isdir(directory):
             ensure_private_dir(directory)
-        backup = backup_file(real)
-        if backup:
-            debug(f"backed up {real} to {backup}")
-        try:
-            atomic_write(real, new, 0o600)
-        except OSError as e:
-            raise CloudxError(f"cannot write {real}: {e.strerror}", "check the directory's permissions") from None
-        return old, new
+        lock = directory
+    try:
+        with FileLock(lock, time.monotonic() + 60):
+            return _update_locked(real, update)
+    except OSError as e:
+        raise CloudxError(f"cannot update {real}: {e.strerror or e}", "check the directory's permissions") from None
+
+
+def _update_locked(real: str, update: Callable[[str], str | None]) -> tuple[str, str | None]:
+    """update_file's read-modify-write, with the lock held."""
+    old = read_text(real)
+    new = update(old)
+    if new is None or new == old:
+        return old, None
+    directory = os.path.dirname(real)
+    if not os.path.isdir(directory):
+        ensure_private_dir(directory)
+    backup = backup_file(real)
+    if backup:
+        debug(f"backed up {real} to {backup}")
+    try:
+        atomic_write(real, new, 0o600)
+    except OSError as e:
+        raise CloudxError(f"cannot write {real}: {e.strerror}", "check the directory's permissions") from None
+    return old, new
 
 
 # ---------------------------------------------------------------------------
@@ -1470,14 +1680,26 @@ def find_program(name: str, path_var: str | None) -> tuple[str | None, list[str]
 
 
 def run_cmd(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a command with captured output; a missing program or a timeout is a CloudxError."""
+    """Run a command with captured output; a missing program or a timeout is a CloudxError.
+
+    Output is decoded as UTF-8 with replacement: a remote login script or a
+    plugin may print any bytes.
+    """
     import subprocess
 
     if _VERBOSE:
         debug("run: " + quote_argv(argv))
     started = time.monotonic()
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=timeout,
+            env=env,
+        )
     except FileNotFoundError:
         raise CloudxError(f"{argv[0]} not found", AWS_INSTALL_HINT if "aws" in argv[0] else None) from None
     except subprocess.TimeoutExpired:
@@ -2521,7 +2743,7 @@ def setup_profile(s: Setup) -> tuple[str | None, str]:
         s._aws = None
         aws = s.aws()
         identity = aws(["sts", "get-caller-identity"])
-    arn = str((identity or {}).get("Arn", ""))
+    arn = parse_identity(identity)
     env, user = env_from_identity(arn)
     if env:
         log(f"  IAM user {user}: environment '{env}'")
@@ -2550,12 +2772,14 @@ def describe_setup_instance(s: Setup, value: str) -> tuple[str, dict[str, str]]:
         data = s.aws()(args)
     region = s._aws.region if s._aws else "?"
     found = []
-    for reservation in (data or {}).get("Reservations", []):
-        for inst in reservation.get("Instances", []):
-            if inst.get("State", {}).get("Name") == "terminated":
-                continue
-            tags = {t.get("Key", ""): t.get("Value", "") for t in inst.get("Tags", [])}
-            found.append((str(inst["InstanceId"]), tags, inst.get("State", {}).get("Name", "?")))
+    for inst in parse_instances(data):
+        state = instance_state_name(inst)
+        if state == "terminated":
+            continue
+        iid = aws_value(inst.get("InstanceId"), "instance id", INSTANCE_ID_RE)
+        if value.startswith("i-") and iid != value:
+            raise aws_shape_error(f"asked for {value}, got {iid}")
+        found.append((iid, parse_tags(inst), state))
     if not found:
         what = f"instance {value}" if value.startswith("i-") else f"no instance named '{value}'"
         raise CloudxError(f"{what} not found in region {region}", "check --instance and the profile's region")
@@ -3047,15 +3271,18 @@ def fetch_status(parsed: dict[str, Any], environ: Mapping[str, str]) -> dict[str
             }
         )
         for iid in ids:
-            ec2, ssm = res["ec2"], res["ssm"]
-            state = (
-                f"error: {ec2.message}"
-                if isinstance(ec2, CloudxError)
-                else (parse_instance_state(ec2, iid) or "not found")
-            )
-            ping = f"error: {ssm.message}" if isinstance(ssm, CloudxError) else parse_ping_status(ssm, iid)
-            status[iid] = (state, ping)
+            status[iid] = (_status_of(res["ec2"], iid, True), _status_of(res["ssm"], iid, False))
     return status
+
+
+def _status_of(answer: Any, iid: str, ec2: bool) -> str:
+    """One instance's EC2 state or SSM PingStatus for list --status; a bad answer reads as an error."""
+    try:
+        if isinstance(answer, CloudxError):
+            raise answer
+        return (parse_instance_state(answer, iid) or "not found") if ec2 else parse_ping_status(answer, iid)
+    except CloudxError as e:
+        return printable(f"error: {e.message}")
 
 
 def list_json(
@@ -3132,6 +3359,7 @@ def render_findings(findings: list[tuple[str, str, str, str]], color: bool = Fal
     """One line per check: level, check, detail and, for warn/FAIL, the fix."""
     lines = []
     for level, check, detail, fix in findings:
+        detail, fix = printable(detail), printable(fix)  # details quote AWS error messages
         line = f"{paint(level, f'{level:<5}') if color else f'{level:<5}'} {check}: {detail}"
         if fix and level != OK:
             line += f" -- fix: {fix}"
@@ -3179,13 +3407,75 @@ def _tool_version(path: str, args: list[str]) -> str:
     return " ".join((proc.stdout or proc.stderr).split())[:60]
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
-    """Check everything a connection needs and say what to fix; exit 1 if anything FAILs."""
-    import argparse
+# OpenSSH before 9.6 expands shell metacharacters in a host name taken from a
+# hostile ssh:// URL into %h before our validation can run (CVE-2023-51385).
+OPENSSH_SAFE = (9, 6)
+# Distribution builds below 9.6 that carry the fix (their changelogs name the CVE).
+OPENSSH_PATCHED_RE = re.compile(r"Debian-2\+deb12u([0-9]+)|Debian-5\+deb11u([0-9]+)")
+OPENSSH_PATCHED_FROM = (2, 3)  # deb12u2, deb11u3
 
-    home = os.path.expanduser("~")
-    findings: list[tuple[str, str, str, str]] = []
-    add = findings.append
+
+def parse_openssh_version(text: str) -> tuple[int, int] | None:
+    """(major, minor) from `ssh -V` output such as 'OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL ...'."""
+    match = re.search(r"OpenSSH_(?:for_Windows_)?([0-9]+)\.([0-9]+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def openssh_patched(text: str) -> bool:
+    """True when `ssh -V` names a distribution build known to carry the CVE-2023-51385 fix."""
+    match = OPENSSH_PATCHED_RE.search(text)
+    if not match:
+        return False
+    return any(g is not None and int(g) >= least for g, least in zip(match.groups(), OPENSSH_PATCHED_FROM))
+
+
+class DoctorFacts:
+    """What doctor found out (files, tools, AWS answers): the input of the pure doctor_findings()."""
+
+    target: str | None
+    instance_id: str | None
+    config_path: str
+    parsed: dict[str, Any] | None
+    python: str
+    python_ok: bool
+    aws_path: str | None
+    aws_version: str
+    plugin_path: str | None
+    plugin_version: str
+    ssh_path: str | None
+    ssh_mux: bool
+    ssh_version: str
+    keygen: str | None
+    profile: str
+    profile_error: CloudxError | None
+    profile_detail: str
+    ssh_dir: str
+    ssh_dir_mode: int | None
+    priv: str
+    pub: str
+    pub_exists: bool
+    priv_exists: bool
+    agent: str | None
+    priv_loose: bool
+    key_matches: bool | None
+    main_config: str
+    include_where: str | None
+    proxies: list[tuple[str, str | None]]
+    control: str | None
+    control_exists: bool
+    cache: str | None
+    cache_stat: dict[str, int] | None
+    aws_results: dict[str, Any] | None
+    region: str
+
+    def __init__(self, **fields: object) -> None:
+        self.__dict__.update(fields)
+
+
+def doctor_target(
+    args: argparse.Namespace, home: str
+) -> tuple[str, dict[str, Any] | None, str | None, dict[str, Any] | None, dict[str, str]]:
+    """Resolve doctor's target and options: (config path, parsed config, instance id, host entry, options)."""
     config_path = (
         os.path.expanduser(validate_path("--ssh-config", args.ssh_config))
         if args.ssh_config
@@ -3211,153 +3501,114 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for name in ("profile", "ssh_key", "ssh_dir", "aws_env"):
         if getattr(args, name) is not None:
             opts[name.replace("_", "-")] = getattr(args, name)
-    d_profile, d_key, d_dir = default_profile_and_key(home)
-    profile = validate_name("profile", opts.get("profile") or d_profile)
-    key = validate_name("ssh key name", opts.get("ssh-key") or d_key)
-    ssh_dir = os.path.expanduser(opts.get("ssh-dir") or d_dir)
+    return config_path, parsed, instance_id, host_entry, opts
 
-    # Local tools
-    ok_py = sys.version_info >= (3, 9)
-    add((OK if ok_py else FAIL, "python", sys.version.split()[0], "install Python 3.9 or newer"))
-    aws_path, _ = find_program("aws", os.environ.get("PATH"))
-    if aws_path:
-        version = _tool_version(aws_path, ["--version"])
-        major = re.search(r"aws-cli/(\d+)", version)
-        add((OK, "aws", f"v{major.group(1) if major else '?'} at {aws_path}", ""))
-    else:
-        add((FAIL, "aws", "not found on PATH or in the standard places", AWS_INSTALL_HINT))
-    plugin, _ = find_program("session-manager-plugin", os.environ.get("PATH"))
-    add(
-        (OK, "session-manager-plugin", f"{_tool_version(plugin, ['--version'])} at {plugin}", "")
-        if plugin
-        else (FAIL, "session-manager-plugin", "not found", PLUGIN_INSTALL_HINT)
-    )
-    ssh, _ = find_program("ssh", os.environ.get("PATH"))
-    if ssh:
-        mux = (
-            run_cmd(
-                [ssh, "-G", "-o", "ControlMaster=auto", "-o", "ControlPath=none", "doctor.invalid"], timeout=30
-            ).returncode
-            == 0
-        )
-        add(
-            (
-                OK if mux else WARN,
-                "ssh",
-                f"{ssh}" + ("" if mux else " (no ControlMaster support)"),
-                "comment out the Control* lines of the generic block",
-            )
-        )
-    else:
-        add((FAIL, "ssh", "not found", "install the OpenSSH client"))
-    keygen, _ = find_program("ssh-keygen", os.environ.get("PATH"))
-    add((OK, "ssh-keygen", keygen, "") if keygen else (WARN, "ssh-keygen", "not found", "install the OpenSSH client"))
 
-    # AWS profile (from files: no aws process)
-    aws = None
-    try:
-        ns = argparse.Namespace(
-            instance_id=instance_id or "i-00000000",
-            port="22",
-            profile=profile,
-            ssh_key=key,
-            user=DEFAULT_USER,
-            timeout=DEFAULT_TIMEOUT,
-            region=None,
-            ssh_dir=ssh_dir,
-            ssh_config=None,
-            aws_env=opts.get("aws-env"),
-        )
-        plan = plan_connect(ns, os.environ)
-        check_profile(plan)
-        add((OK, "profile", f"'{profile}' in {plan.config_file}, region {plan.region} (from {plan.region_source})", ""))
-        if aws_path:
-            aws = Aws(aws_path, profile, plan.region, plan.env, instance_id)
-    except CloudxError as e:
-        add((FAIL, "profile", e.message, e.hint or ""))
-
-    # Key files
-    agent_cfg = (
-        envs.get(host_entry["environment"].lower(), {}).get("directives", {}).get("identityagent")
-        if host_entry
-        else None
-    )
+def doctor_key_facts(ssh_dir: str, key: str, keygen: str | None) -> dict[str, Any]:
+    """The key pair: which files exist, loose permissions, and whether the public key matches."""
     priv, pub = os.path.join(ssh_dir, key), os.path.join(ssh_dir, key + ".pub")
-    if os.name != "nt" and os.path.isdir(ssh_dir) and os.stat(ssh_dir).st_mode & 0o077:
-        add(
-            (
-                WARN,
-                "ssh dir",
-                f"{ssh_dir} is accessible by others ({os.stat(ssh_dir).st_mode & 0o777:o})",
-                f"chmod 700 {ssh_dir}",
-            )
-        )
-    if not os.path.exists(pub):
-        add((FAIL, "key", f"{pub} not found", f"run '{PROG} setup'"))
-    elif agent_cfg:
-        add((OK, "key", f"{pub} with agent {agent_cfg} (1Password)", ""))
-    elif not os.path.exists(priv):
-        add((FAIL, "key", f"{priv} not found (only the public key exists)", f"run '{PROG} setup'"))
-    else:
-        loose = os.name != "nt" and os.stat(priv).st_mode & 0o077
-        derived = (
-            run_cmd([keygen, "-y", "-P", "", "-f", priv], timeout=30).stdout.strip() if keygen and not loose else ""
-        )
-        matches = None
+    mode = os.stat(ssh_dir).st_mode & 0o777 if os.name != "nt" and os.path.isdir(ssh_dir) else None
+    facts: dict[str, Any] = dict(
+        ssh_dir_mode=mode, priv=priv, pub=pub, pub_exists=os.path.exists(pub), priv_exists=os.path.exists(priv)
+    )
+    loose = bool(os.name != "nt" and facts["priv_exists"] and os.stat(priv).st_mode & 0o077)
+    matches = None
+    if facts["pub_exists"] and facts["priv_exists"] and keygen and not loose:
+        derived = run_cmd([keygen, "-y", "-P", "", "-f", priv], timeout=30).stdout.strip()
         if derived:
             try:
                 matches = parse_public_key(read_text(pub), pub) == parse_public_key(derived, priv)
             except CloudxError:
                 matches = False
-        if loose:
-            add((FAIL, "key", f"{priv} is readable by others (ssh refuses it)", f"chmod 600 {priv}"))
-        elif matches is False:
-            add((FAIL, "key", f"{pub} does not match {priv}", f"ssh-keygen -y -f {priv} > {pub}"))
-        else:
-            add((OK, "key", f"{priv} (0600)" + (", public key matches" if matches else ""), ""))
+    return dict(facts, priv_loose=loose, key_matches=matches)
 
-    # SSH config
-    if parsed is None:
-        add((FAIL, "ssh config", f"{config_path} not found", f"run '{PROG} setup'"))
-    else:
-        add((OK, "ssh config", f"{config_path}: {len(parsed['hosts'])} hosts in {len(envs)} environments", ""))
-        main_config = os.path.join(home, ".ssh", "config")
-        if os.path.realpath(main_config) != os.path.realpath(config_path):
-            where = include_position(read_text(main_config), config_path)
-            add(
-                {
-                    "before": (OK, "include", f"{main_config} includes it before its first Host block", ""),
-                    "inside": (
-                        FAIL,
-                        "include",
-                        f"the Include in {main_config} sits inside a Host/Match block",
-                        f"move 'Include {config_path}' above the first Host line",
-                    ),
-                    "missing": (
-                        FAIL,
-                        "include",
-                        f"{main_config} does not include {config_path}",
-                        f"run '{PROG} setup' (or add 'Include {config_path}' at its top)",
-                    ),
-                }[where]
-            )
+
+def cache_dir_stat(path: str) -> dict[str, int] | None:
+    """Owner and mode of the cache dir and, for a symlink, of the link itself (None when missing)."""
+    import stat
+
+    try:
+        lst = os.lstat(path)
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {
+        "uid": st.st_uid,
+        "mode": st.st_mode & 0o777,
+        "is_dir": int(stat.S_ISDIR(st.st_mode)),
+        "link_uid": lst.st_uid if stat.S_ISLNK(lst.st_mode) else -1,
+        "my_uid": os.getuid(),
+    }
+
+
+def gather_doctor_facts(args: argparse.Namespace, environ: Mapping[str, str]) -> DoctorFacts:
+    """Everything doctor looks at: files, tool versions and (with a working profile) AWS, side by side."""
+    import argparse
+
+    home = os.path.expanduser("~")
+    config_path, parsed, instance_id, host_entry, opts = doctor_target(args, home)
+    envs: dict[str, dict[str, Any]] = parsed["environments"] if parsed else {}
+    d_profile, d_key, d_dir = default_profile_and_key(home)
+    profile = validate_name("profile", opts.get("profile") or d_profile)
+    key = validate_name("ssh key name", opts.get("ssh-key") or d_key)
+    ssh_dir = os.path.expanduser(opts.get("ssh-dir") or d_dir)
+    path_var = environ.get("PATH")
+    f = DoctorFacts(target=args.target, instance_id=instance_id, config_path=config_path, parsed=parsed)
+    f.profile, f.ssh_dir, f.python = profile, ssh_dir, sys.version.split()[0]
+    f.python_ok = sys.version_info >= (3, 9)
+
+    f.aws_path = find_program("aws", path_var)[0]
+    f.aws_version = _tool_version(f.aws_path, ["--version"]) if f.aws_path else ""
+    f.plugin_path = find_program("session-manager-plugin", path_var)[0]
+    f.plugin_version = _tool_version(f.plugin_path, ["--version"]) if f.plugin_path else ""
+    f.ssh_path = find_program("ssh", path_var)[0]
+    f.ssh_mux, f.ssh_version = False, ""
+    if f.ssh_path:
+        mux_argv = [f.ssh_path, "-G", "-o", "ControlMaster=auto", "-o", "ControlPath=none", "doctor.invalid"]
+        f.ssh_mux = run_cmd(mux_argv, timeout=30).returncode == 0
+        proc = run_cmd([f.ssh_path, "-V"], timeout=30)
+        f.ssh_version = " ".join((proc.stderr or proc.stdout).split())[:100]
+    f.keygen = find_program("ssh-keygen", path_var)[0]
+
+    # AWS profile (from files: no aws process)
+    aws = None
+    f.profile_error, f.profile_detail, f.region = None, "", ""
+    try:
+        ns = argparse.Namespace(
+            instance_id=instance_id or "i-00000000", port="22", profile=profile, ssh_key=key, user=DEFAULT_USER,
+            timeout=DEFAULT_TIMEOUT, region=None, ssh_dir=ssh_dir, ssh_config=None, aws_env=opts.get("aws-env"),
+        )  # fmt: skip
+        plan = plan_connect(ns, environ)
+        check_profile(plan)
+        f.profile_detail = f"'{profile}' in {plan.config_file}, region {plan.region} (from {plan.region_source})"
+        f.region = plan.region
+        if f.aws_path:
+            aws = Aws(f.aws_path, profile, plan.region, plan.env, instance_id)
+    except CloudxError as e:
+        f.profile_error = e
+
+    f.agent = (
+        envs.get(host_entry["environment"].lower(), {}).get("directives", {}).get("identityagent")
+        if host_entry
+        else None
+    )
+    f.__dict__.update(doctor_key_facts(ssh_dir, key, f.keygen))
+
+    f.main_config = os.path.join(home, ".ssh", "config")
+    f.include_where, f.proxies = None, []
+    if parsed is not None:
+        if os.path.realpath(f.main_config) != os.path.realpath(config_path):
+            f.include_where = include_position(read_text(f.main_config), config_path)
         for info in envs.values():
             proxy = str(info["directives"].get("proxycommand", ""))
-            missing = proxy_program_missing(proxy) if proxy else "(no ProxyCommand)"
-            add(
-                (FAIL, "proxy command", f"{info['pattern']}: {missing} does not exist", f"run '{PROG} setup' again")
-                if missing
-                else (OK, "proxy command", f"{info['pattern']} runs an existing program", "")
-            )
-    control = os.path.join(home, ".ssh", "control")
-    if os.name != "nt":
-        add(
-            (OK, "control dir", control, "")
-            if os.path.isdir(control)
-            else (WARN, "control dir", f"{control} missing (ssh cannot share connections)", f"mkdir -m 700 {control}")
-        )
+            f.proxies.append((str(info["pattern"]), proxy_program_missing(proxy) if proxy else "(no ProxyCommand)"))
+    f.control = os.path.join(home, ".ssh", "control") if os.name != "nt" else None
+    f.control_exists = bool(f.control and os.path.isdir(f.control))
+    f.cache = cache_dir(environ, home) if os.name != "nt" else None
+    f.cache_stat = cache_dir_stat(f.cache) if f.cache else None
 
     # AWS: credentials and the instance, side by side
+    f.aws_results = None
     if aws is not None:
         calls = {"sts": ["sts", "get-caller-identity"]}
         if instance_id:
@@ -3366,19 +3617,176 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 ssm=aws_ssm_status_args(instance_id),
                 start=["ec2", "start-instances", "--instance-ids", instance_id, "--dry-run"],
             )
-        res = aws.many(calls)
-        sts = res["sts"]
+        f.aws_results = aws.many(calls)
+    return f
+
+
+def doctor_findings(f: DoctorFacts) -> list[tuple[str, str, str, str]]:
+    """What doctor reports, one (level, check, detail, fix) per check, from the gathered facts (pure)."""
+    out: list[tuple[str, str, str, str]] = []
+    add = out.append
+    add((OK if f.python_ok else FAIL, "python", f.python, "install Python 3.9 or newer"))
+    if f.aws_path:
+        major = re.search(r"aws-cli/(\d+)", f.aws_version)
+        add((OK, "aws", f"v{major.group(1) if major else '?'} at {f.aws_path}", ""))
+    else:
+        add((FAIL, "aws", "not found on PATH or in the standard places", AWS_INSTALL_HINT))
+    add(
+        (OK, "session-manager-plugin", f"{f.plugin_version} at {f.plugin_path}", "")
+        if f.plugin_path
+        else (FAIL, "session-manager-plugin", "not found", PLUGIN_INSTALL_HINT)
+    )
+    if f.ssh_path:
+        add(
+            (
+                OK if f.ssh_mux else WARN,
+                "ssh",
+                f"{f.ssh_path}" + ("" if f.ssh_mux else " (no ControlMaster support)"),
+                "comment out the Control* lines of the generic block",
+            )
+        )
+        add(ssh_version_finding(f.ssh_version))
+    else:
+        add((FAIL, "ssh", "not found", "install the OpenSSH client"))
+    add(
+        (OK, "ssh-keygen", f.keygen, "")
+        if f.keygen
+        else (WARN, "ssh-keygen", "not found", "install the OpenSSH client")
+    )
+    if f.profile_error is not None:
+        add((FAIL, "profile", f.profile_error.message, f.profile_error.hint or ""))
+    else:
+        add((OK, "profile", f.profile_detail, ""))
+    out += key_findings(f)
+    out += config_findings(f)
+    if f.control is not None:
+        add(
+            (OK, "control dir", f.control, "")
+            if f.control_exists
+            else (
+                WARN,
+                "control dir",
+                f"{f.control} missing (ssh cannot share connections)",
+                f"mkdir -m 700 {f.control}",
+            )
+        )
+    if f.cache is not None:
+        add(cache_dir_finding(f.cache, f.cache_stat))
+    if f.aws_results is not None:
+        sts = f.aws_results["sts"]
         user = ""
-        if isinstance(sts, CloudxError):
-            add((FAIL, "credentials", sts.message, sts.hint or ""))
-        else:
-            arn = str(sts.get("Arn", ""))
+        try:
+            if isinstance(sts, CloudxError):
+                raise sts
+            arn = parse_identity(sts)
             user = env_from_identity(arn)[1]
-            add((OK, "credentials", arn, ""))
-        if instance_id:
-            doctor_instance(add, res, instance_id, aws.region, user)
-    elif target and not instance_id:
-        add((FAIL, "instance", f"{target} is not a host in {config_path}", f"run '{PROG} list' to see the hosts"))
+            add((OK, "credentials", aws_text(arn), ""))
+        except CloudxError as e:
+            add((FAIL, "credentials", e.message, e.hint or ""))
+        if f.instance_id:
+            out += instance_findings(f.aws_results, f.instance_id, f.region, user)
+    elif f.target and not f.instance_id:
+        add((FAIL, "instance", f"{f.target} is not a host in {f.config_path}", f"run '{PROG} list' to see the hosts"))
+    return out
+
+
+def ssh_version_finding(version: str) -> tuple[str, str, str, str]:
+    """The OpenSSH version check: below 9.6 (and not a patched distribution build) warns."""
+    found = parse_openssh_version(version)
+    shown = aws_text(version) or "(no output from ssh -V)"
+    if found is None:
+        return (WARN, "ssh version", f"cannot tell the OpenSSH version: {shown}", "use OpenSSH 9.6 or newer")
+    if found >= OPENSSH_SAFE or openssh_patched(version):
+        return (OK, "ssh version", shown, "")
+    return (
+        WARN,
+        "ssh version",
+        f"{shown}: OpenSSH before 9.6 lets a hostile ssh:// link run shell commands through %h (CVE-2023-51385)"
+        " unless your distribution patched it",
+        "upgrade OpenSSH to 9.6 or newer, and do not open ssh:// links from untrusted places",
+    )
+
+
+def cache_dir_finding(path: str, st: dict[str, int] | None) -> tuple[str, str, str, str]:
+    """The cache dir check: it must be ours and writable by nobody else (else connect runs without it)."""
+    if st is None:
+        return (OK, "cache dir", f"{path} (not created yet)", "")
+    fix = f"remove {path} (as its owner or root), or set XDG_CACHE_HOME to a directory of yours"
+    if st["link_uid"] not in (-1, st["my_uid"]):
+        return (WARN, "cache dir", f"{path} is a symlink made by uid {st['link_uid']}; not used", fix)
+    if not st["is_dir"]:
+        return (WARN, "cache dir", f"{path} is not a directory; not used", f"remove {path}")
+    if st["uid"] != st["my_uid"]:
+        return (
+            WARN,
+            "cache dir",
+            f"{path} is owned by uid {st['uid']}, not by you: not used (someone may be planting code there)",
+            fix,
+        )
+    if st["mode"] & 0o022:
+        return (WARN, "cache dir", f"{path} is writable by others (mode {st['mode']:o}); not used", f"chmod 700 {path}")
+    return (OK, "cache dir", f"{path} ({st['mode']:04o})", "")
+
+
+def key_findings(f: DoctorFacts) -> list[tuple[str, str, str, str]]:
+    """The ssh dir's permissions and the key pair."""
+    out: list[tuple[str, str, str, str]] = []
+    if f.ssh_dir_mode is not None and f.ssh_dir_mode & 0o077:
+        out.append(
+            (WARN, "ssh dir", f"{f.ssh_dir} is accessible by others ({f.ssh_dir_mode:o})", f"chmod 700 {f.ssh_dir}")
+        )
+    if not f.pub_exists:
+        out.append((FAIL, "key", f"{f.pub} not found", f"run '{PROG} setup'"))
+    elif f.agent:
+        out.append((OK, "key", f"{f.pub} with agent {f.agent} (1Password)", ""))
+    elif not f.priv_exists:
+        out.append((FAIL, "key", f"{f.priv} not found (only the public key exists)", f"run '{PROG} setup'"))
+    elif f.priv_loose:
+        out.append((FAIL, "key", f"{f.priv} is readable by others (ssh refuses it)", f"chmod 600 {f.priv}"))
+    elif f.key_matches is False:
+        out.append((FAIL, "key", f"{f.pub} does not match {f.priv}", f"ssh-keygen -y -f {f.priv} > {f.pub}"))
+    else:
+        out.append((OK, "key", f"{f.priv} (0600)" + (", public key matches" if f.key_matches else ""), ""))
+    return out
+
+
+def config_findings(f: DoctorFacts) -> list[tuple[str, str, str, str]]:
+    """The SSH config, the Include in ~/.ssh/config and each environment's ProxyCommand."""
+    if f.parsed is None:
+        return [(FAIL, "ssh config", f"{f.config_path} not found", f"run '{PROG} setup'")]
+    hosts, envs = len(f.parsed["hosts"]), len(f.parsed["environments"])
+    out = [(OK, "ssh config", f"{f.config_path}: {hosts} hosts in {envs} environments", "")]
+    main, path = f.main_config, f.config_path
+    if f.include_where is not None:
+        out.append(
+            {
+                "before": (OK, "include", f"{main} includes it before its first Host block", ""),
+                "inside": (
+                    FAIL,
+                    "include",
+                    f"the Include in {main} sits inside a Host/Match block",
+                    f"move 'Include {path}' above the first Host line",
+                ),
+                "missing": (
+                    FAIL,
+                    "include",
+                    f"{main} does not include {path}",
+                    f"run '{PROG} setup' (or add 'Include {path}' at its top)",
+                ),
+            }[f.include_where]
+        )
+    for pattern, missing in f.proxies:
+        out.append(
+            (FAIL, "proxy command", f"{pattern}: {missing} does not exist", f"run '{PROG} setup' again")
+            if missing
+            else (OK, "proxy command", f"{pattern} runs an existing program", "")
+        )
+    return out
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check everything a connection needs and say what to fix; exit 1 if anything FAILs."""
+    findings = doctor_findings(gather_doctor_facts(args, os.environ))
     if args.json:
         print(json.dumps([{"level": lv, "check": c, "detail": d, "fix": f} for lv, c, d, f in findings], indent=2))
     else:
@@ -3386,20 +3794,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_ERROR if any(f[0] == FAIL for f in findings) else EXIT_OK
 
 
-def doctor_instance(
-    add: Callable[[tuple[str, str, str, str]], None], res: dict[str, Any], iid: str, region: str, user: str
-) -> None:
-    """Findings about one instance from describe-instances, SSM and a StartInstances dry run."""
+def instance_findings(res: dict[str, Any], iid: str, region: str, user: str) -> list[tuple[str, str, str, str]]:
+    """Findings about one instance from describe-instances, SSM and a StartInstances dry run (pure)."""
+    out: list[tuple[str, str, str, str]] = []
+    add = out.append
     ec2, ssm, start = res["ec2"], res["ssm"], res["start"]
     state = None
-    if isinstance(ec2, CloudxError):
-        add((FAIL, "instance", ec2.message, ec2.hint or ""))
+    try:
+        if isinstance(ec2, CloudxError):
+            raise ec2
+        instances = parse_instances(ec2)
+        inst = instances[0] if instances else {}
+        state = instance_state_name(inst) if inst.get("State") is not None else "unknown"
+        tags = parse_tags(inst)
+    except CloudxError as e:
+        add((FAIL, "instance", e.message, e.hint or ""))
     else:
-        inst: dict[str, Any] = next(
-            (i for r in (ec2 or {}).get("Reservations", []) for i in r.get("Instances", [])), {}
-        )
-        state = inst.get("State", {}).get("Name", "unknown")
-        tags = {t.get("Key"): t.get("Value") for t in inst.get("Tags", [])}
         add(
             {
                 "running": (OK, "instance", f"{iid} running in {region}", ""),
@@ -3429,18 +3839,20 @@ def doctor_instance(
                 (
                     FAIL,
                     "cloudxuser tag",
-                    f"the instance belongs to {owner}, you are {user}",
+                    f"the instance belongs to {aws_text(owner)}, you are {user}",
                     "use your own instance or your own credentials",
                 )
             )
         else:
-            add((OK, "cloudxuser tag", str(owner), ""))
-    if isinstance(ssm, CloudxError):
-        add((FAIL, "ssm", ssm.message, ssm.hint or ""))
-    else:
+            add((OK, "cloudxuser tag", aws_text(owner), ""))
+    try:
+        if isinstance(ssm, CloudxError):
+            raise ssm
         ping = parse_ping_status(ssm, iid)
         level = OK if ping == "Online" else (WARN if state != "running" else FAIL)
         add((level, "ssm", f"PingStatus {ping}", SSM_AGENT_HINT))
+    except CloudxError as e:
+        add((FAIL, "ssm", e.message, e.hint or ""))
     if isinstance(start, CloudxError) and start.code == "DryRunOperation":
         add((OK, "start permission", "ec2:StartInstances allowed (dry run)", ""))
     elif (
@@ -3449,6 +3861,7 @@ def doctor_instance(
         add((FAIL, "start permission", start.message, start.hint or ""))
     elif isinstance(start, CloudxError):
         add((WARN, "start permission", f"dry run inconclusive: {start.message}", ""))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -4173,7 +4586,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, run the command; CloudxError becomes error/hint lines and an exit code."""
+    """Parse arguments, run the command; CloudxError becomes error/hint lines and an exit code.
+
+    Anything else that escapes a command is one 'internal error' line and exit 1
+    (the traceback only with --verbose).
+    """
     global _VERBOSE, _COLOR
     args = None
     try:
@@ -4182,6 +4599,7 @@ def main(argv: list[str] | None = None) -> int:
         _COLOR = sys.stderr.isatty() and not os.environ.get("NO_COLOR") and not getattr(args, "no_color", False)
         return int(args.func(args))
     except CloudxError as e:
+        e.message, e.hint = printable(e.message), printable(e.hint) if e.hint else e.hint  # may quote AWS
         print(render_error(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -4191,6 +4609,15 @@ def main(argv: list[str] | None = None) -> int:
         if _VERBOSE:
             raise
         print(render_error(CloudxError(str(e), "run again with --verbose for details")), file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - the last-resort handler: a bug is one line, not a traceback
+        if _VERBOSE:
+            import traceback
+
+            traceback.print_exc()
+        detail = aws_text(" ".join(f"{type(e).__name__}: {e}".split())[:AWS_TEXT_MAX])
+        hint = "run again with --verbose for the traceback, and report it" if not _VERBOSE else "report it"
+        print(render_error(CloudxError(f"internal error: {detail}", hint)), file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -152,6 +152,9 @@ def test_doctor_healthy(rig: Rig, configured: tuple[Home, str], pyz: Path) -> No
     assert "FAIL" not in res.stdout.replace(", 0 FAIL", "")
     assert "ok    ssm: PingStatus Online" in res.stdout
     assert "ok    credentials: arn:aws:iam::" in res.stdout
+    # The cache dir is ours and private; Debian 12's OpenSSH 9.2 carries the CVE-2023-51385 fix.
+    assert f"ok    cache dir: {home.path / '.cache' / 'cloudx-proxy'} (0700)" in res.stdout
+    assert "ok    ssh version: OpenSSH_" in res.stdout or "warn  ssh version: OpenSSH_" in res.stdout
     data = json.loads(run(rig, home, pyz, "doctor", "cloudX-dev-web", "--json").stdout)
     assert {f["check"] for f in data} >= {
         "python",

@@ -519,3 +519,202 @@ def test_connect_takes_an_instance_id_in_upper_case(
     assert cp.main(["connect", "I-0123456789ABCDEF0", "--dry-run"]) == 0
     err = capsys.readouterr().err
     assert "[dry run] connect i-0123456789abcdef0 port 22" in err and "I-0" not in err
+
+
+# --- the local trust boundary (issue 12) -------------------------------------
+def test_ensure_private_dir_refuses_what_is_not_ours(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o777)
+    os.chmod(mine, 0o777)
+    assert cp.ensure_private_dir(str(mine)) == str(mine) and os.stat(mine).st_mode & 0o777 == 0o700
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    assert cp.ensure_private_dir(str(link)) == str(link), "a symlink of ours to a dir of ours is fine"
+    if os.getuid() == 0:
+        os.chown(mine, 1, 1)  # daemon: someone else
+        for path in (mine, link):
+            with pytest.raises(OSError, match="owned by uid 1, not by you"):
+                cp.ensure_private_dir(str(path))
+        os.chown(mine, 0, 0)
+        os.lchown(link, 1, 1)
+        with pytest.raises(OSError, match="symlink owned by uid 1"):
+            cp.ensure_private_dir(str(link))
+
+
+def test_files_in_the_cache_are_opened_without_following_symlinks(tmp_path: Path) -> None:
+    target = tmp_path / "target.json"
+    target.write_text('{"t": 1}')
+    link = tmp_path / "push.json"
+    link.symlink_to(target)
+    assert cp.read_json_file(str(target)) == {"t": 1}
+    assert cp.read_json_file(str(link)) is None
+    os.chmod(target, 0o666)
+    assert cp.read_json_file(str(target)) is None, "a file others can write is not trusted"
+    lock = tmp_path / "lock"
+    lock.symlink_to(target)
+    with cp.FileLock(str(lock), 0):
+        assert not lock.is_symlink() and lock.is_file()
+    assert target.read_text() == '{"t": 1}'
+    with cp.FileLock(str(tmp_path), 0):  # a directory can be locked as it is
+        pass
+
+
+def test_update_file_dry_run_creates_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("a\n")
+    cache = tmp_path / "cache"
+    old, new = cp.update_file(str(config), lambda text: text + "b\n", str(cache), dry_run=True)
+    assert (old, new) == ("a\n", "a\nb\n")
+    assert not cache.exists() and sorted(os.listdir(tmp_path)) == ["config"]
+    assert cp.update_file(str(config), lambda text: None, str(cache), dry_run=True) == ("a\n", None)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to hand the cache dir to another user")
+def test_update_file_locks_the_directory_when_the_cache_is_not_ours(tmp_path: Path) -> None:
+    config, cache = tmp_path / "config", tmp_path / "cache"
+    config.write_text("a\n")
+    cache.mkdir()
+    os.chown(cache, 1, 1)
+    assert cp.update_file(str(config), lambda text: text + "b\n", str(cache)) == ("a\n", "a\nb\n")
+    assert config.read_text() == "a\nb\n" and os.listdir(cache) == []
+
+
+def test_run_cmd_decodes_any_bytes() -> None:
+    proc = cp.run_cmd([sys.executable, "-c", "import os; os.write(1, b'ok \\xff\\xfe'); os.write(2, b'\\x80')"], 30)
+    assert proc.stdout == "ok \ufffd\ufffd" and proc.stderr == "\ufffd"
+
+
+def test_main_turns_a_bug_into_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(args: object) -> int:
+        raise KeyError("InstanceId\x1b[31m")
+
+    monkeypatch.setattr(cp, "cmd_list", broken)
+    assert cp.main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: KeyError" in err and "\x1b" not in err
+    assert "--verbose" in err
+    assert cp.main(["list", "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("cloudx-proxy: error: internal error")
+
+
+# --- doctor: pure findings from facts ---------------------------------------
+def healthy_facts(**changes: object) -> cp.DoctorFacts:
+    facts: dict[str, object] = dict(
+        target="cloudX-dev-web", instance_id=IID, config_path="/h/.ssh/cloudX/config",
+        parsed={"hosts": [{}], "environments": {"dev": {}}},
+        python="3.11.7", python_ok=True, aws_path="/bin/aws", aws_version="aws-cli/2.9.19 Python/3.11",
+        plugin_path="/bin/session-manager-plugin", plugin_version="1.2.0", ssh_path="/bin/ssh", ssh_mux=True,
+        ssh_version="OpenSSH_9.6p1, OpenSSL 3.0", keygen="/bin/ssh-keygen", profile="cloudX", profile_error=None,
+        profile_detail="'cloudX' in /h/.aws/config, region eu-west-1 (from profile)", ssh_dir="/h/.ssh/cloudX",
+        ssh_dir_mode=0o700, priv="/h/.ssh/cloudX/cloudX", pub="/h/.ssh/cloudX/cloudX.pub", pub_exists=True,
+        priv_exists=True, agent=None, priv_loose=False, key_matches=True, main_config="/h/.ssh/config",
+        include_where="before", proxies=[("cloudX-dev-*", None)], control="/h/.ssh/control", control_exists=True,
+        cache="/h/.cache/cloudx-proxy", cache_stat={"uid": 5, "mode": 0o700, "is_dir": 1, "link_uid": -1, "my_uid": 5},
+        region="eu-west-1",
+        aws_results={
+            "sts": {"Arn": "arn:aws:iam::1:user/cloudX-dev-alice"},
+            "ec2": {"Reservations": [{"Instances": [{"InstanceId": IID, "State": {"Name": "running"},
+                                                     "Tags": [{"Key": "cloudxuser", "Value": "cloudX-dev-alice"}]}]}]},
+            "ssm": {"InstanceInformationList": [{"InstanceId": IID, "PingStatus": "Online"}]},
+            "start": cp.CloudxError("dry run", code="DryRunOperation"),
+        },
+    )  # fmt: skip
+    facts.update(changes)
+    return cp.DoctorFacts(**facts)
+
+
+def test_doctor_findings_healthy() -> None:
+    text = cp.render_findings(cp.doctor_findings(healthy_facts()))
+    assert text.splitlines() == [
+        "ok    python: 3.11.7",
+        "ok    aws: v2 at /bin/aws",
+        "ok    session-manager-plugin: 1.2.0 at /bin/session-manager-plugin",
+        "ok    ssh: /bin/ssh",
+        "ok    ssh version: OpenSSH_9.6p1, OpenSSL 3.0",
+        "ok    ssh-keygen: /bin/ssh-keygen",
+        "ok    profile: 'cloudX' in /h/.aws/config, region eu-west-1 (from profile)",
+        "ok    key: /h/.ssh/cloudX/cloudX (0600), public key matches",
+        "ok    ssh config: /h/.ssh/cloudX/config: 1 hosts in 1 environments",
+        "ok    include: /h/.ssh/config includes it before its first Host block",
+        "ok    proxy command: cloudX-dev-* runs an existing program",
+        "ok    control dir: /h/.ssh/control",
+        "ok    cache dir: /h/.cache/cloudx-proxy (0700)",
+        "ok    credentials: arn:aws:iam::1:user/cloudX-dev-alice",
+        f"ok    instance: {IID} running in eu-west-1",
+        "ok    cloudxuser tag: cloudX-dev-alice",
+        "ok    ssm: PingStatus Online",
+        "ok    start permission: ec2:StartInstances allowed (dry run)",
+        "18 checks: 18 ok, 0 warn, 0 FAIL",
+    ]
+
+
+@pytest.mark.parametrize(
+    "changes,line",
+    [
+        ({"aws_path": None}, "FAIL  aws: not found on PATH or in the standard places -- fix: install AWS CLI v2"),
+        ({"priv_loose": True}, "FAIL  key: /h/.ssh/cloudX/cloudX is readable by others (ssh refuses it)"),
+        ({"key_matches": False}, "FAIL  key: /h/.ssh/cloudX/cloudX.pub does not match /h/.ssh/cloudX/cloudX"),
+        ({"ssh_dir_mode": 0o755}, "warn  ssh dir: /h/.ssh/cloudX is accessible by others (755)"),
+        ({"include_where": "inside"}, "FAIL  include: the Include in /h/.ssh/config sits inside a Host/Match block"),
+        ({"parsed": None}, "FAIL  ssh config: /h/.ssh/cloudX/config not found"),
+        ({"proxies": [("cloudX-dev-*", "/gone.pyz")]}, "FAIL  proxy command: cloudX-dev-*: /gone.pyz does not exist"),
+        ({"control_exists": False}, "warn  control dir: /h/.ssh/control missing (ssh cannot share connections)"),
+        (
+            {"ssh_version": "OpenSSH_8.9p1 Ubuntu-3ubuntu0.1"},
+            "warn  ssh version: OpenSSH_8.9p1 Ubuntu-3ubuntu0.1: Open",
+        ),
+        (
+            {"ssh_version": "OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL"},
+            "ok    ssh version: OpenSSH_9.2p1 Debian-2+deb12u3",
+        ),
+        ({"ssh_version": "OpenSSH_9.2p1 Debian-2+deb12u1"}, "warn  ssh version: OpenSSH_9.2p1 Debian-2+deb12u1: Open"),
+        ({"cache_stat": {"uid": 7, "mode": 0o755, "is_dir": 1, "link_uid": -1, "my_uid": 5}}, "is owned by uid 7"),
+        ({"cache_stat": {"uid": 5, "mode": 0o777, "is_dir": 1, "link_uid": -1, "my_uid": 5}}, "mode 777"),
+        ({"cache_stat": {"uid": 5, "mode": 0o700, "is_dir": 1, "link_uid": 9, "my_uid": 5}}, "symlink made by uid 9"),
+        ({"cache_stat": None}, "ok    cache dir: /h/.cache/cloudx-proxy (not created yet)"),
+        ({"aws_results": None, "instance_id": None}, "FAIL  instance: cloudX-dev-web is not a host in"),
+        ({"profile_error": cp.CloudxError("profile 'x' not found", "aws configure")}, "FAIL  profile: profile 'x'"),
+    ],
+)
+def test_doctor_findings_report_each_problem(changes: dict[str, object], line: str) -> None:
+    text = cp.render_findings(cp.doctor_findings(healthy_facts(**changes)))
+    assert any(ln.startswith(line) or (line in ln and "cache dir" in ln) for ln in text.splitlines()), text
+
+
+@pytest.mark.parametrize(
+    "answer,line",
+    [
+        ({"Reservations": [{"Instances": [{"InstanceId": IID}]}]}, f"warn  instance: {IID} is unknown"),
+        ({"Reservations": "x"}, "FAIL  instance: unexpected answer from AWS: Reservations is str, not a list"),
+        ({"Reservations": [{"Instances": [{"State": {"Name": "run\nning"}}]}]}, "FAIL  instance: unexpected answer"),
+        (
+            {
+                "Reservations": [
+                    {"Instances": [{"State": {"Name": "running"}, "Tags": [{"Key": "cloudxuser", "Value": "b\x1b"}]}]}
+                ]
+            },
+            "FAIL  cloudxuser tag: the instance belongs to 'b\\x1b', you are cloudX-dev-alice",
+        ),
+    ],
+)
+def test_doctor_checks_what_aws_says(answer: object, line: str) -> None:
+    results = dict(healthy_facts().aws_results or {}, ec2=answer)
+    text = cp.render_findings(cp.doctor_findings(healthy_facts(aws_results=results)))
+    assert any(ln.startswith(line) for ln in text.splitlines()), text
+
+
+def test_parse_openssh_version() -> None:
+    assert cp.parse_openssh_version("OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL 3.0.15") == (9, 2)
+    assert cp.parse_openssh_version("OpenSSH_for_Windows_9.5p1, LibreSSL 3.8.2") == (9, 5)
+    assert cp.parse_openssh_version("ssh: unknown option") is None
+    assert cp.openssh_patched("OpenSSH_8.4p1 Debian-5+deb11u3") and not cp.openssh_patched("OpenSSH_8.4p1 Debian-5")
+
+
+def test_error_lines_from_aws_text_stay_one_clean_line(capsys: pytest.CaptureFixture[str]) -> None:
+    hostile = "An error occurred (Boom) when calling the DescribeInstances operation: bad\x1b]0;owned\x07\nline"
+    e = cp.classify_aws_error(hostile, "DescribeInstances", "p", "eu-west-1")
+    assert cp.printable(e.message) == "DescribeInstances failed: Boom: bad\\x1b]0;owned\\x07"
+    assert cp.printable("a\nb\tc") == "a b c"
+    text = cp.render_findings([(cp.FAIL, "instance", e.message + "\nforged line", "")])
+    assert text.count("\n") == 2 and "\x1b" not in text

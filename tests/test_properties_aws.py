@@ -132,6 +132,8 @@ class FakeAws:
 
 
 class SetupWithAnswer:
+    dry_run = False
+
     def __init__(self, answer: Any):
         self._aws = FakeAws(answer)
 

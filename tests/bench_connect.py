@@ -765,8 +765,9 @@ def sanity_checks(results: dict[str, dict[str, Series]], mem: dict[str, Any] | N
                     failures.append(f"{where}: {got['other']} calls neither aws CLI nor boto3")
     if mem and "ours" in mem:
         checked += 1
-        if any(p["ours"] for p in mem["ours"]["processes"]):
-            failures.append("memory: a process of ours is alive during the session")
+        ours = [p for p in mem["ours"]["processes"] if p["ours"]]
+        if len(ours) != 1:
+            failures.append(f"memory: expected one process of ours (the supervisor) during the session, got {ours}")
     return checked, failures
 
 

@@ -91,13 +91,13 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def connect_processes(marks: list[str], known: set[int]) -> list[int]:
+def connect_processes(rig: Rig, marks: list[str], known: set[int]) -> list[int]:
     """Live (not zombie) processes of one connect: known pids, or a command line naming its instance or HOME."""
-    me = os.getpid()
+    skip = {os.getpid(), *(p.pid for p in rig.procs)}  # the rig's own (an sshd per instance)
     found = []
     for pid in _all_pids():
         st = _stat(pid)
-        if pid == me or st is None or st[1] == "Z":
+        if pid in skip or st is None or st[1] == "Z":
             continue
         if pid in known or any(m in _cmdline(pid) for m in marks):
             found.append(pid)
@@ -203,16 +203,16 @@ def test_ssh_going_away_stops_every_process(
         os.kill(proc.pid, sig)
         proc.communicate(timeout=30)
         gone_by = time.monotonic() + 2.0
-        while connect_processes(marks, tree) and time.monotonic() < gone_by:
+        while connect_processes(rig, marks, tree) and time.monotonic() < gone_by:
             time.sleep(0.05)
-        left = connect_processes(marks, tree)
+        left = connect_processes(rig, marks, tree)
         assert not left, [_cmdline(p) for p in left]
         quiet_since = time.time()
         time.sleep(1.0)
         late = [c["action"] for c in rig.calls() if c["t"] > quiet_since]
         assert late == [], "no API call after ssh went away"
     finally:
-        for pid in connect_processes(marks, set()):
+        for pid in connect_processes(rig, marks, set()):
             os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
@@ -222,9 +222,9 @@ def test_ssh_going_away_stops_every_process(
 
 # --- 3. retries and refused keys -------------------------------------------------------
 def test_a_retry_after_a_late_boot_pushes_the_key_again(rig: Rig, home: Home, pyz: Path) -> None:
-    """The agent drops twice right after boot; by the last retry the first push has expired."""
-    iid = rig.add_instance(state="stopped", online_delay=1, flap=2)
-    rig.knobs(key_ttl=3)
+    """The agent drops three times right after boot; by the last retry the first push has expired."""
+    iid = rig.add_instance(state="stopped", online_delay=1, flap=3)
+    rig.knobs(key_ttl=6)
     try:
         res = ssh(rig, home, pyz, iid, "echo late")
     finally:
@@ -233,22 +233,19 @@ def test_a_retry_after_a_late_boot_pushes_the_key_again(rig: Rig, home: Home, py
     assert res.stdout == "late\n"
     acts = actions(rig)
     first_session = acts.index("StartSession")
-    assert acts.count("StartSession") == 3
-    assert acts[first_session:].count("SendSSHPublicKey") >= 2, acts
+    assert acts.count("StartSession") == 4
+    assert acts[first_session:].count("SendSSHPublicKey") >= 3, acts
 
 
 def test_a_refused_key_on_a_reused_push_is_forgotten(rig: Rig, home: Home, pyz: Path) -> None:
-    """ssh's authentication fails on a key push we reused (it expired early): the next connect pushes again."""
+    """ssh's authentication fails on a key push we reused (the key is gone): the next connect pushes again."""
     iid = rig.add_instance()
-    rig.knobs(key_ttl=1)
-    try:
-        assert ssh(rig, home, pyz, iid, "true").returncode == 0
-        time.sleep(1.5)  # the pushed key expires; our record (40 s) does not know
-        res = ssh(rig, home, pyz, iid, "true")
-        assert res.returncode == 255 and "Permission denied" in res.stderr, res.stderr
-        assert not list((home.path / ".cache" / "cloudx-proxy").glob(f"push-*{iid}*"))
-    finally:
-        rig.knobs(key_ttl=60)
+    assert ssh(rig, home, pyz, iid, "true").returncode == 0
+    for keys in (rig.keys_root / iid).iterdir():
+        keys.unlink()  # as if the key had expired or the instance had been replaced; our record does not know
+    res = ssh(rig, home, pyz, iid, "true")
+    assert res.returncode == 255 and "Permission denied" in res.stderr, res.stderr
+    assert not list((home.path / ".cache" / "cloudx-proxy").glob(f"push-*{iid}*"))
     rig.clear_calls()
     res = ssh(rig, home, pyz, iid, "echo pushed")
     assert res.returncode == 0, res.stderr

@@ -421,7 +421,7 @@ class Rig:
             "-o",
             "LogLevel=ERROR",
             "-o",
-            "ConnectTimeout=60",
+            "ConnectTimeout=120",  # a cold start on a busy 2-core machine can take a while
             *extra,
             host,
             *remote,

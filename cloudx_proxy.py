@@ -1910,7 +1910,7 @@ def connect_dry_run(plan: ConnectPlan) -> int:
         f"[dry run] aws: {aws or 'not found'}; session-manager-plugin: {plugin or 'not found'}",
         f"[dry run] key push record: {PushCache(plan, public_key).path or 'none (no usable cache directory)'}",
     ]
-    if can_gate() and plan.cache:
+    if can_gate() and plan.cache and not plan.env.get(NO_GATE_ENV):
         fifo = os.path.join(plan.cache, "gate-PID-RANDOM", "input.json")
         steps += [
             "[dry run] 0. start the session early; it waits for its input at a FIFO (the gate):",

@@ -2187,8 +2187,8 @@ def _poll_until_online(run: ConnectRun, key_pushed: float | None, started: bool,
     described_at = time.monotonic()
     can_describe = True  # the reference's minimal policy has no ec2:DescribeInstances
     round_start = time.monotonic()
-    if started and not probe:
-        _pace(round_start, run.deadline, f"waiting for {iid} to start")  # it was pending a moment ago
+    if started and not probe:  # it was pending a moment ago; a short boot is running within a second or two
+        time.sleep(max(0.0, min(POLL_SECONDS / 2, run.deadline - time.monotonic())))
     while True:
         round_start = time.monotonic()
         calls: dict[str, list[str]] = {}

@@ -50,20 +50,18 @@ SSM_DOCUMENT = "AWS-StartSSHSession"
 PUSH_REUSE_SECONDS = 40.0
 # Re-push while waiting for SSM once the last push is this old.
 PUSH_REFRESH_SECONDS = 30.0
-# How long another connect's "I started it" marker stops us starting again.
-START_MARKER_SECONDS = 60.0
+# Another connect's "I started it" marker stops us starting again when it was
+# written at most this long before we saw the instance not running.
+START_MARKER_SECONDS = 10.0
 # Timeouts handed to every aws call so that nothing hangs ssh forever.
 AWS_CONNECT_TIMEOUT = 10
 AWS_READ_TIMEOUT = 20
 # Wall-clock limit for one aws process (its own retries included).
 AWS_CALL_TIMEOUT = 90.0
-# While waiting for SSM, look at the EC2 state at least this often.
-STATE_RECHECK_SECONDS = 5.0
-PENDING_RECHECK_SECONDS = 2.0
+# While waiting for SSM, look at the EC2 state about this often (a stop ends the wait).
+STATE_RECHECK_SECONDS = 10.0
 # The aws CLI's own retries (throttling, 5xx, timeouts), unless the user chose.
 AWS_RETRY_ENV = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "5"}
-# One poll round lasts at least this long (an aws process usually takes more).
-MIN_POLL_INTERVAL = 1.0
 
 INSTANCE_ID_RE = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 # Profile, key and aws-env names: no whitespace, quotes, shell metacharacters
@@ -1711,14 +1709,198 @@ def run_cmd(argv: list[str], timeout: float, env: dict[str, str] | None = None) 
     return proc
 
 
+class ProcessSet:
+    """The child processes of one command: the one owner of which pids are ours.
+
+    With ``grouped`` (connect, POSIX) each child leads its own process group, so
+    aws and whatever it starts (the plugin, a credential_process) are stopped
+    together. A child is signalled only while it is registered here, and it
+    leaves the set and is reaped under the same lock: until then its pid and
+    group id cannot belong to anyone else.
+    """
+
+    def __init__(self, grouped: bool = False) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.live: list[subprocess.Popen[bytes]] = []
+        self.paths: list[str] = []  # private directories to remove when the command ends
+        self.grouped = grouped and os.name != "nt"
+        self.closed = False
+        self.hangup = False  # set by the watcher: ssh went away, this process is ending
+
+    def spawn(self, argv: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen[bytes]:
+        """Start a child (signals such as SIGPIPE back at their defaults: Popen's restore_signals)."""
+        import subprocess
+
+        if self.grouped:
+            if sys.version_info >= (3, 11):
+                kw["process_group"] = 0
+            else:
+                kw["preexec_fn"] = os.setpgrp
+        with self.lock:
+            if self.closed:
+                raise CloudxError(f"ssh went away; not starting {os.path.basename(argv[0])}")
+            proc = subprocess.Popen(argv, env=env, **kw)
+            self.live.append(proc)
+        return proc
+
+    def run(self, argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+        """Run a child with captured output: (exit code, stdout, stderr); missing or too slow is a CloudxError."""
+        import subprocess
+
+        if _VERBOSE:
+            debug("run: " + quote_argv(argv))
+        started = time.monotonic()
+        try:
+            proc = self.spawn(argv, env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            raise CloudxError(f"{argv[0]} not found", AWS_INSTALL_HINT if "aws" in argv[0] else None) from None
+        try:
+            out, err = self._collect(proc, started + timeout)
+        except TimeoutError:
+            self.stop(proc)
+            raise CloudxError(
+                f"{os.path.basename(argv[0])} {' '.join(argv[1:3])} did not finish within {timeout:.0f} s",
+                "check the network connection to AWS",
+            ) from None
+        rc = self.reap(proc)
+        debug(f"exit {rc} after {time.monotonic() - started:.2f} s: {' '.join(argv[1:3])}")
+        return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+    @staticmethod
+    def _collect(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
+        """Read stdout and stderr to their end (without reaping the child); TimeoutError past the deadline."""
+        assert proc.stdout is not None and proc.stderr is not None
+        if os.name == "nt":
+            import subprocess
+
+            try:
+                return proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise TimeoutError from None
+        import selectors
+
+        chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+        with selectors.DefaultSelector() as sel:
+            for f in (proc.stdout, proc.stderr):
+                sel.register(f, selectors.EVENT_READ)
+            while sel.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                for key, _ in sel.select(left):
+                    data = os.read(key.fd, 65536)
+                    if data:
+                        chunks[key.fd].append(data)
+                    else:
+                        sel.unregister(key.fileobj)
+        out, err = b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()])
+        proc.stdout.close()
+        proc.stderr.close()
+        return out, err
+
+    def exited(self, proc: subprocess.Popen[bytes], block: bool = False) -> bool:
+        """True once the child has exited; on POSIX it is left unreaped, so its pid stays ours."""
+        if proc.returncode is not None:
+            return True
+        if not hasattr(os, "waitid"):  # Windows, macOS before Python 3.13
+            if block:
+                proc.wait()
+            return proc.poll() is not None
+        flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+        try:
+            return os.waitid(os.P_PID, proc.pid, flags) is not None
+        except ChildProcessError:  # reaped meanwhile by another thread
+            return True
+
+    def reap(self, proc: subprocess.Popen[bytes]) -> int:
+        """Wait for a child to exit, then forget and reap it; its exit code."""
+        self.exited(proc, block=True)
+        with self.lock:
+            if proc in self.live:
+                self.live.remove(proc)
+            return proc.wait()
+
+    def signal(self, proc: subprocess.Popen[bytes], sig: int) -> None:
+        """Signal a registered child and its group; nothing once it is reaped (its pid may be reused)."""
+        with self.lock:
+            if proc not in self.live or proc.returncode is not None:
+                return
+            try:
+                if os.name == "nt":
+                    proc.terminate()
+                elif self.grouped:
+                    os.killpg(proc.pid, sig)
+                else:
+                    os.kill(proc.pid, sig)
+            except OSError:
+                pass
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 1.0) -> int:
+        """Stop a child and its group: SIGTERM, SIGKILL after grace (and for stragglers); reap it."""
+        import signal
+
+        self.signal(proc, signal.SIGTERM)
+        end = time.monotonic() + grace
+        while not self.exited(proc) and time.monotonic() < end:
+            time.sleep(0.01)
+        self.signal(proc, getattr(signal, "SIGKILL", signal.SIGTERM))
+        return self.reap(proc)
+
+    def stop_all(self, grace: float = 1.0) -> None:
+        """Stop every child (SIGTERM, then SIGKILL after grace), start no more, remove our directories."""
+        import signal
+
+        with self.lock:
+            self.closed = True
+            procs = list(self.live)
+        for proc in procs:
+            self.signal(proc, signal.SIGTERM)
+        end = time.monotonic() + grace
+        while not all(self.exited(p) for p in procs) and time.monotonic() < end:
+            time.sleep(0.01)
+        for proc in procs:  # also what an exited aws left behind in its group
+            self.signal(proc, getattr(signal, "SIGKILL", signal.SIGTERM))
+        self.remove_paths()
+
+    def remove_paths(self) -> None:
+        """Remove our private directories (and the files in them)."""
+        while self.paths:
+            remove_private_dir(self.paths.pop())
+
+
+def remove_private_dir(path: str) -> None:
+    """Remove a directory of ours with the files in it (no recursion, no symlinks followed)."""
+    try:
+        for name in os.listdir(path):
+            try:
+                os.unlink(os.path.join(path, name))
+            except OSError:
+                pass
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
 class Aws:
     """How to run the aws CLI for one profile and region: the one helper for every call."""
 
-    def __init__(self, path: str, profile: str, region: str, env: dict[str, str], instance_id: str | None = None):
+    def __init__(
+        self,
+        path: str,
+        profile: str,
+        region: str,
+        env: dict[str, str],
+        instance_id: str | None = None,
+        procs: ProcessSet | None = None,
+    ):
         for key, value in AWS_RETRY_ENV.items():
             env.setdefault(key, value)  # in place: the session's aws process gets them too
+        env["AWS_CLI_AUTO_PROMPT"] = "off"  # a user's cli_auto_prompt = on must never prompt in a ProxyCommand
         self.path, self.profile, self.region, self.env = path, profile, region, env
         self.instance_id = instance_id
+        self.procs = procs if procs is not None else ProcessSet()
 
     def argv(self, args: list[str]) -> list[str]:
         """The full argv for an aws call."""
@@ -1726,14 +1908,14 @@ class Aws:
 
     def __call__(self, args: list[str], timeout: float = AWS_CALL_TIMEOUT) -> Any:
         """Run ``aws ARGS`` and return its parsed JSON, or raise a classified CloudxError."""
-        proc = run_cmd(self.argv(args), timeout=timeout, env=self.env)
-        if proc.returncode != 0:
+        rc, out, err = self.procs.run(self.argv(args), self.env, timeout)
+        if rc != 0:
             op = "".join(w.capitalize() for w in args[1].split("-")) if len(args) > 1 else args[0]
             op = op.replace("Ssh", "SSH")
-            debug(f"aws stderr: {proc.stderr.strip()}")
-            raise classify_aws_error(proc.stderr, op, self.profile, self.region, self.instance_id)
+            debug(f"aws stderr: {err.strip()}")
+            raise classify_aws_error(err, op, self.profile, self.region, self.instance_id)
         try:
-            return json.loads(proc.stdout) if proc.stdout.strip() else None
+            return json.loads(out) if out.strip() else None
         except ValueError:
             raise CloudxError(f"unexpected output from aws {' '.join(args[:2])}") from None
 
@@ -1907,8 +2089,17 @@ def plan_connect(args: argparse.Namespace, environ: Mapping[str, str]) -> Connec
         instance_id=instance_id, port=port, profile=profile, region=region, region_source=source,
         user=user, key_name=key_name, ssh_dir=ssh_dir, pub_path=os.path.join(ssh_dir, key_name + ".pub"),
         timeout=timeout, env=env, config_file=config_file, credentials_file=credentials_file,
-        config=config, cache=cache_dir(environ, home),
+        config=config, cache=_usable_cache_dir(environ, home),
     )  # fmt: skip
+
+
+def _usable_cache_dir(environ: Mapping[str, str], home: str) -> str:
+    """Our cache directory, or "" when there is none we may use (connect then goes without)."""
+    try:
+        return cache_dir(environ, home)
+    except OSError as e:
+        debug(f"no cache directory ({e}): no key-push reuse, no shared start")
+        return ""
 
 
 def check_profile(plan: ConnectPlan) -> None:
@@ -1973,11 +2164,12 @@ def locate_tools(env: dict[str, str]) -> tuple[str, str]:
 
 
 class PushCache:
-    """Remembers the last successful key push, to skip it on a repeat connect."""
+    """Remembers the last successful key push, to skip it on a repeat connect (nothing without a cache dir)."""
 
     def __init__(self, plan: ConnectPlan, public_key: str):
         profile = re.sub(r"[^A-Za-z0-9_.-]", "_", plan.profile)  # ':' cannot be in a Windows file name
-        self.path = os.path.join(plan.cache, f"push-{plan.region}-{plan.instance_id}-{plan.user}-{profile}.json")
+        name = f"push-{plan.region}-{plan.instance_id}-{plan.user}-{profile}.json"
+        self.path = os.path.join(plan.cache, name) if plan.cache else ""
         self.expect = {
             "profile": plan.profile,
             "key": public_key,
@@ -1987,10 +2179,19 @@ class PushCache:
 
     def fresh(self) -> bool:
         """True when the last push for this profile/region/instance/user/key can be reused."""
-        return push_record_fresh(read_json_file(self.path), self.expect, time.time())
+        return self.pushed_at() is not None
+
+    def pushed_at(self) -> float | None:
+        """When the key was pushed, if that push can be reused."""
+        record = read_json_file(self.path) if self.path else None
+        if not isinstance(record, dict) or not push_record_fresh(record, self.expect, time.time()):
+            return None
+        return float(record["t"])
 
     def record(self, pushed_at: float) -> None:
         """Store a successful push (best effort: a cache that cannot be written costs time only)."""
+        if not self.path:
+            return
         try:
             ensure_private_dir(os.path.dirname(self.path))
             atomic_write(self.path, json.dumps({**self.expect, "t": pushed_at}))
@@ -1999,36 +2200,91 @@ class PushCache:
 
     def forget(self) -> None:
         """Drop the record, so that the next connect pushes afresh."""
+        if not self.path:
+            return
         try:
             os.unlink(self.path)
         except OSError:
             pass
 
 
-# --- the session, started early and held at a gate ---------------------------
-# The aws process that carries the session spends most of its ~0.7 s start-up
-# importing. It is started while the key push and the SSM check run, with its
-# input (target, document, port) read from a FIFO: it blocks there until the
-# checks pass, then calls StartSession at once. Writing to the FIFO is the
-# "go"; killing the waiting process is the "no go".
-GATED_SESSION_SH = r"""
-exec 3<&0
-"$@" <&3 3<&- 4<&- &
-pid=$!
-exec 3<&-
-echo "$pid" > "$CLOUDX_PROXY_GATE.pid.tmp" && mv -f "$CLOUDX_PROXY_GATE.pid.tmp" "$CLOUDX_PROXY_GATE.pid"
-hup=
-trap 'hup=1; kill "$pid" 2>/dev/null' HUP INT TERM
-wait "$pid"
-rc=$?
-[ -z "$hup" ] || rc=0  # ssh hangs up when it is done with the session
-cat <&4 >/dev/null
-if [ -f "$CLOUDX_PROXY_GATE.exit" ]; then rc=$(cat "$CLOUDX_PROXY_GATE.exit"); fi
-rm -f -- "$CLOUDX_PROXY_GATE" "$CLOUDX_PROXY_GATE.pid" "$CLOUDX_PROXY_GATE.exit"
-[ "$rc" -eq 0 ] || rm -f -- "$CLOUDX_PROXY_PUSH_RECORD"
-exit "$rc"
-"""
+# --- the processes of one connect: ssh going away ends them all ----------------
+# The process ssh started stays for the whole connect and owns every piece of
+# its state: the children (ProcessSet), the gate (a FIFO in a fresh private
+# directory) and the exit code (its own).
+NO_GATE_ENV = "CLOUDX_PROXY_NO_GATE"  # tests: run the no-FIFO path (Windows') on POSIX
 STALE_GATE_SECONDS = 3600.0
+# StartSession refusals that come before the session carried any byte (the aws
+# CLI exits 255 without reading stdin): the connect then checks the instance.
+SESSION_REFUSED_RE = re.compile(r"An error occurred \(([A-Za-z0-9.]+)\) when calling the StartSession operation")
+SESSION_REFUSALS = (
+    "TargetNotConnected",
+    "InvalidInstanceId",
+    "InvalidTarget",
+    "IncorrectInstanceState",
+    "EC2InstanceStateInvalidException",
+)
+# One poll round of the cold wait lasts about this long (each aws process costs
+# most of a CPU second; the reference sleeps 3 s between its polls).
+POLL_SECONDS = 2.0
+# Another connect's "Online" (it polled while we waited for its lock) is used this long.
+ONLINE_SHARE_SECONDS = 20.0
+# A session on a reused key push that ssh ends this soon may be a refused key: forget the push.
+AUTH_FAILURE_SECONDS = 5.0
+
+
+def _ignore_signal(_signum: int, _frame: object) -> None:
+    """Python-level handler: the watcher thread reacts (through the wakeup fd)."""
+
+
+def watch_ssh(procs: ProcessSet, on_hangup: Callable[[], int]) -> bool:
+    """End the connect when ssh goes away: SIGHUP, SIGTERM, SIGINT, or our stdin/stdout closing.
+
+    ssh killed while still connecting sends no signal; only its pipes close, so
+    a thread polls them (and the signal wakeup fd). Then every child is stopped
+    (SIGTERM, SIGKILL 1 s later) and this process exits: no aws call follows.
+    """
+    if os.name == "nt":
+        return False
+    import select
+    import signal
+    import threading
+
+    if not hasattr(select, "poll"):
+        return False
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore_signal)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(wake_r, select.POLLIN)
+        for fd in (0, 1):
+            poller.register(fd, 0)  # POLLHUP/POLLERR are always reported
+        reason = ""
+        while not reason:
+            for fd, events in poller.poll():
+                if fd == wake_r:
+                    got = os.read(wake_r, 64)
+                    reason = ", ".join(signal.Signals(n).name for n in got if n in (1, 2, 15))
+                elif events & select.POLLNVAL:
+                    poller.unregister(fd)  # not open: nothing to watch
+                elif events & (select.POLLHUP | select.POLLERR):
+                    reason = f"its pipe on our fd {fd} closed"
+        procs.hangup = True
+        procs.stop_all()
+        code = on_hangup()
+        try:
+            debug(f"ssh went away ({reason}): every process of this connect stopped")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os._exit(code)
+
+    threading.Thread(target=watch, name="ssh-watch", daemon=True).start()
+    return True
 
 
 def gated_session_argv(aws: str, fifo: str, profile: str, region: str) -> list[str]:
@@ -2043,15 +2299,24 @@ def session_input(instance_id: str, port: int) -> bytes:
     ).encode()
 
 
+def can_gate() -> bool:
+    """FIFOs: POSIX only (Windows runs the checks, then the session)."""
+    return os.name != "nt" and hasattr(os, "mkfifo")
+
+
 class SessionGate:
-    """An aws start-session process waiting to read its input from a FIFO."""
+    """Our aws start-session child, started early, blocked reading its input from a FIFO.
 
-    def __init__(self, fifo: str, data: bytes, alive: Callable[[], bool], stop: Callable[[], None]):
-        self.fifo, self.data, self.alive, self._stop = fifo, data, alive, stop
-        self.released = False
+    The aws process spends most of its ~0.7 s start-up importing; started while
+    the checks run, it calls StartSession the moment the input is written.
+    Writing the input is the "go", stopping the child the "no go".
+    """
 
-    def release(self, deadline: float) -> None:
-        """Let the session start: hand it its input once it opens the FIFO.
+    def __init__(self, proc: subprocess.Popen[bytes], fifo: str, data: bytes):
+        self.proc, self.fifo, self.data = proc, fifo, data
+
+    def release(self, procs: ProcessSet, deadline: float) -> bool:
+        """Hand the waiting session its input; False if it ended before it opened the FIFO.
 
         A regular file with the same input replaces the FIFO before the write
         end closes, because aws CLI v1 opens --cli-input-json twice.
@@ -2065,197 +2330,137 @@ class SessionGate:
             except OSError as e:
                 if e.errno != errno.ENXIO:
                     raise
-            if not self.alive() or time.monotonic() > deadline:
-                raise CloudxError("the aws session process ended before the session started", "run with -v")
+            if procs.exited(self.proc) or time.monotonic() > deadline:
+                return False
             time.sleep(0.005)
         try:
-            atomic_write_bytes(self.fifo + ".ready", self.data, 0o600)
+            ready = os.open(self.fifo + ".ready", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(ready, self.data)
+            finally:
+                os.close(ready)
             os.write(fd, self.data)
             os.replace(self.fifo + ".ready", self.fifo)
         finally:
             os.close(fd)
-        self.released = True
-
-    def cancel(self) -> None:
-        """Stop the waiting aws process (no session) and remove the gate's files."""
-        if not self.released:
-            self._stop()
-        for path in (self.fifo, self.fifo + ".ready"):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        return True
 
 
-def make_gate_fifo(cache: str) -> str:
-    """A new FIFO in our 0700 cache dir (and old gates of killed connects removed)."""
-    ensure_private_dir(cache)
+def remove_stale_gates(cache: str) -> None:
+    """Remove gates (directories, or FIFOs of older versions) that killed connects left behind."""
     now = time.time()
     for name in os.listdir(cache):
         if name.startswith("gate-"):
             path = os.path.join(cache, name)
             try:
-                if now - os.lstat(path).st_mtime > STALE_GATE_SECONDS:
-                    os.unlink(path)
+                st = os.lstat(path)
+                if now - st.st_mtime > STALE_GATE_SECONDS:
+                    import stat
+
+                    (remove_private_dir if stat.S_ISDIR(st.st_mode) else os.unlink)(path)
             except OSError:
                 pass
-    fifo = os.path.join(cache, f"gate-{os.getpid()}-{time.monotonic_ns()}")
-    os.mkfifo(fifo, 0o600)
-    return fifo
 
 
-def can_gate() -> bool:
-    """FIFOs and fork: POSIX only (Windows runs the checks, then the session)."""
-    return os.name != "nt" and hasattr(os, "mkfifo") and hasattr(os, "fork")
+class ConnectRun:
+    """One connect in progress: its plan, the processes it owns and what it has learnt."""
+
+    def __init__(self, plan: ConnectPlan, aws: Aws, public_key: str):
+        self.plan, self.aws, self.public_key = plan, aws, public_key
+        self.procs = aws.procs
+        self.cache = PushCache(plan, public_key)
+        self.deadline = time.monotonic() + plan.timeout
+        self.early = can_gate() and not plan.env.get(NO_GATE_ENV) and bool(plan.cache)
+        self.session_started: float | None = None
+        self.reused_push = False
+        self.held = ""  # refusal lines of the last session, shown if no retry succeeds
+        self.poll_lock: FileLock | None = None  # held while this connect polls for the others
+
+    def auth_doubt(self) -> bool:
+        """True when a session on a reused key push ended so soon that ssh may have refused the key.
+
+        ssh gives us no other sign of a failed login; forgetting costs one push.
+        """
+        started = self.session_started
+        return self.reused_push and started is not None and time.monotonic() - started < AUTH_FAILURE_SECONDS
+
+    def on_hangup(self) -> int:
+        """ssh went away (the watcher thread): our exit code. 0 during a session (ssh's normal goodbye)."""
+        if self.session_started is None:
+            return EXIT_ERROR
+        if self.auth_doubt():
+            self.cache.forget()
+        return EXIT_OK
 
 
-def exec_gated_session(plan: ConnectPlan, aws: str, cache: PushCache) -> SessionGate | None:
-    """Fork: this process becomes the waiting session (sh + aws); the child returns and runs the checks.
+def open_gate(run: ConnectRun) -> SessionGate | None:
+    """Start the session early, waiting at a FIFO in a fresh 0700 directory of our cache (None: cannot)."""
+    import subprocess
 
-    ssh keeps talking to this process's pid, so it stays the session's parent;
-    a pipe tells its sh when the checker has exited, and a file its verdict.
-    """
+    plan = run.plan
+    if not run.early:
+        return None
     try:
-        fifo = make_gate_fifo(plan.cache)
+        ensure_private_dir(plan.cache)
+        remove_stale_gates(plan.cache)
+        directory = os.path.join(plan.cache, f"gate-{os.getpid()}-{os.urandom(8).hex()}")
+        os.mkdir(directory, 0o700)
+        run.procs.paths.append(directory)
+        fifo = os.path.join(directory, "input.json")
+        os.mkfifo(fifo, 0o600)
     except OSError as e:
-        debug(f"no early session ({e}); running the checks first")
+        debug(f"no early session ({e}); the checks run first")
         return None
-    argv = gated_session_argv(aws, fifo, plan.profile, plan.region)
-    env = dict(plan.env, CLOUDX_PROXY_GATE=fifo, CLOUDX_PROXY_PUSH_RECORD=cache.path)
-    read_end, write_end = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if os.fork() != 0:
-        try:
-            os.dup2(read_end, 4)
-            os.set_inheritable(4, True)  # dup2 onto itself (read_end == 4) keeps close-on-exec
-            os.execve("/bin/sh", ["sh", "-c", GATED_SESSION_SH, "sh", *argv], env)
-        finally:
-            os._exit(127)
-    os.close(read_end)  # the checker keeps write_end open until it exits
-
-    def pid() -> int | None:
-        try:
-            with open(fifo + ".pid", encoding="ascii") as f:
-                return int(f.read().strip())
-        except (OSError, ValueError):
-            return None
-
-    def alive() -> bool:
-        found = pid()
-        return found is None or _pid_alive(found)
-
-    def stop() -> None:
-        import signal
-
-        deadline = time.monotonic() + 5
-        found = pid()
-        while found is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-            found = pid()
-        if found is not None:
-            try:
-                os.kill(found, signal.SIGTERM)
-            except OSError:
-                pass
-
-    return SessionGate(fifo, session_input(plan.instance_id, plan.port), alive, stop)
+    argv = gated_session_argv(run.aws.path, fifo, plan.profile, plan.region)
+    proc = run.procs.spawn(argv, plan.env, stderr=subprocess.PIPE)
+    return SessionGate(proc, fifo, session_input(plan.instance_id, plan.port))
 
 
-def child_gated_session(plan: ConnectPlan, aws: str) -> tuple[subprocess.Popen[bytes], SessionGate] | None:
-    """The cold path's early session: our child (its stderr watched for retries), held at a gate."""
+def start_session(run: ConnectRun, gate: SessionGate | None) -> subprocess.Popen[bytes]:
+    """The session child on our stdin/stdout: the gate's, let through, or a new one."""
     import subprocess
 
-    if not can_gate():
-        return None
-    try:
-        fifo = make_gate_fifo(plan.cache)
-    except OSError:
-        return None
-    argv = gated_session_argv(aws, fifo, plan.profile, plan.region)
-    proc = subprocess.Popen(argv, env=plan.env, stderr=subprocess.PIPE)
-
-    def stop() -> None:
-        proc.terminate()
-        proc.wait()
-
-    gate = SessionGate(fifo, session_input(plan.instance_id, plan.port), lambda: proc.poll() is None, stop)
-    return proc, gate
+    if gate is not None:
+        if gate.release(run.procs, run.deadline):
+            return gate.proc
+        run.procs.stop(gate.proc)
+        assert gate.proc.stderr is not None
+        debug(f"early session ended before it was let through: {gate.proc.stderr.read().decode(errors='replace')}")
+    plan = run.plan
+    argv = build_session_argv(run.aws.path, plan.instance_id, plan.port, plan.profile, plan.region)
+    return run.procs.spawn(argv, plan.env, stderr=subprocess.PIPE)
 
 
-def hand_over(argv: list[str], env: dict[str, str], push_cache: PushCache) -> int:
-    """Replace this process with the aws session (POSIX), or run it as a child (Windows).
+def run_session(run: ConnectRun, proc: subprocess.Popen[bytes]) -> tuple[int, str | None]:
+    """Carry the session to its end: (exit code, refusal code if StartSession refused it before any byte).
 
-    On POSIX a tiny sh stays as the parent so that a failed session forgets
-    the key-push record; no Python process of ours outlives the hand-over.
+    Its stderr passes through us, so a refusal can be recognised and held back.
+    A failed session forgets the key-push record.
     """
-    sys.stderr.flush()
-    if os.name == "nt":
-        return run_session_child(argv, env, None, push_cache)
-    env = dict(env, CLOUDX_PROXY_PUSH_RECORD=push_cache.path)
-    script = '"$@"; rc=$?; [ "$rc" -eq 0 ] || rm -f -- "$CLOUDX_PROXY_PUSH_RECORD"; exit "$rc"'
-    os.execve("/bin/sh", ["sh", "-c", script, "sh", *argv], env)
-    return EXIT_ERROR  # not reached
-
-
-def run_session_child(
-    argv: list[str],
-    env: dict[str, str],
-    deadline: float | None,
-    push_cache: PushCache | None,
-    early: tuple[subprocess.Popen[bytes], SessionGate] | None = None,
-) -> int:
-    """Run the session as a child with inherited stdin/stdout (the first one may be waiting at a gate).
-
-    With a deadline, a StartSession refused with TargetNotConnected (the SSM
-    agent dropping for a moment right after boot) is retried with backoff: the
-    aws CLI fails that call before it reads stdin, so nothing is lost.
-    """
-    import signal
-    import subprocess
-
-    delay = 0.5
-    while True:
-        proc = None
-        if early is not None:
-            proc, gate = early
-            early = None
-            try:
-                gate.release(deadline if deadline is not None else time.monotonic() + 60)
-            except CloudxError as e:
-                debug(f"early session unusable ({e.message}); starting a fresh one")
-                gate.cancel()
-                proc = None
-        if proc is None:
-            proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
-
-        def forward(signum: int, _frame: object, proc: subprocess.Popen[bytes] = proc) -> None:
-            proc.send_signal(signum)
-
-        for sig in ("SIGTERM", "SIGHUP"):
-            if hasattr(signal, sig):
-                signal.signal(getattr(signal, sig), forward)
-        held: list[str] = []
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.decode("utf-8", "replace")
-            if "(TargetNotConnected)" in line:
-                held.append(line)  # decided below: retried quietly or shown
-            else:
-                sys.stderr.write(line)
-                sys.stderr.flush()
-        rc = proc.wait()
-        if rc != 0 and push_cache:
-            push_cache.forget()
-        if rc == 0 or not held or deadline is None:
-            sys.stderr.write("".join(held))
-            return rc
-        if time.monotonic() + delay >= deadline:
-            sys.stderr.write("".join(held))
-            raise CloudxError("the SSM agent on the instance did not accept the session in time", VSCODE_TIMEOUT_HINT)
-        debug(f"StartSession: target not connected yet; retrying in {delay:.1f} s")
-        time.sleep(delay)
-        delay = min(delay * 2, 5.0)
+    run.session_started = time.monotonic()
+    held: list[str] = []
+    refused = None
+    assert proc.stderr is not None
+    for raw in proc.stderr:
+        line = raw.decode("utf-8", "replace")
+        m = SESSION_REFUSED_RE.search(line)
+        if m and m.group(1) in SESSION_REFUSALS:
+            refused = m.group(1)
+            held.append(line)  # decided by the caller: checked and retried, or shown
+        else:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    rc = run.procs.reap(proc)
+    if run.procs.hangup:  # we stopped it: the watcher decides and ends this process
+        time.sleep(60)
+    if rc != 0 or run.auth_doubt():
+        run.cache.forget()
+    run.session_started = None
+    if rc != 0 and refused:
+        run.held = "".join(held)
+        return rc, refused
+    sys.stderr.write("".join(held))
+    return rc, None
 
 
 def connect_dry_run(plan: ConnectPlan) -> int:
@@ -2263,7 +2468,7 @@ def connect_dry_run(plan: ConnectPlan) -> int:
     aws, _ = find_program("aws", plan.env.get("PATH"))
     plugin, _ = find_program("session-manager-plugin", plan.env.get("PATH"))
     aws_cmd = aws or "aws"
-    tool = Aws(aws_cmd, plan.profile, plan.region, plan.env, plan.instance_id)
+    tool = Aws(aws_cmd, plan.profile, plan.region, dict(plan.env), plan.instance_id)
     try:
         public_key, key = read_public_key(plan.pub_path), f"{plan.pub_path} (found)"
     except CloudxError as e:
@@ -2274,9 +2479,10 @@ def connect_dry_run(plan: ConnectPlan) -> int:
         f"AWS config {plan.config_file}",
         f"[dry run] public key {key}, pushed for user {plan.user}",
         f"[dry run] aws: {aws or 'not found'}; session-manager-plugin: {plugin or 'not found'}",
+        f"[dry run] key push record: {PushCache(plan, public_key).path or 'none (no usable cache directory)'}",
     ]
-    if can_gate():
-        fifo = os.path.join(plan.cache, "gate-PID-N")
+    if can_gate() and plan.cache and not plan.env.get(NO_GATE_ENV):
+        fifo = os.path.join(plan.cache, "gate-PID-RANDOM", "input.json")
         steps += [
             "[dry run] 0. start the session early; it waits for its input at a FIFO (the gate):",
             "    " + quote_argv(gated_session_argv(aws_cmd, fifo, plan.profile, plan.region)),
@@ -2287,7 +2493,7 @@ def connect_dry_run(plan: ConnectPlan) -> int:
         "    " + quote_argv(tool.argv(aws_ssm_status_args(plan.instance_id))),
         "    " + quote_argv(tool.argv(aws_push_key_args(plan.instance_id, plan.user, public_key))),
         "[dry run] 2. if the instance is not running: start it, then wait for SSM PingStatus Online "
-        f"(up to {plan.timeout:.0f} s):",
+        f"(a poll about every {POLL_SECONDS:.0f} s, up to {plan.timeout:.0f} s):",
         "    " + quote_argv(tool.argv(aws_start_args(plan.instance_id))),
         "[dry run] 3. the session on stdin/stdout (the gate's input amounts to):",
         "    " + quote_argv(build_session_argv(aws_cmd, plan.instance_id, plan.port, plan.profile, plan.region)),
@@ -2298,59 +2504,43 @@ def connect_dry_run(plan: ConnectPlan) -> int:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    """ProxyCommand entry: get the instance running and online, push the key, start the session."""
+    """ProxyCommand entry: get the instance running and online, push the key, carry the session."""
     plan = plan_connect(args, os.environ)
     if args.dry_run:
         return connect_dry_run(plan)
     check_profile(plan)
     public_key = read_public_key(plan.pub_path)
     aws_path, _plugin = locate_tools(plan.env)
-    aws = Aws(aws_path, plan.profile, plan.region, plan.env, plan.instance_id)
-    session = build_session_argv(aws_path, plan.instance_id, plan.port, plan.profile, plan.region)
-    cache = PushCache(plan, public_key)
-    deadline = time.monotonic() + plan.timeout
-
-    if cache.fresh():
-        debug("key pushed moments ago for this instance: reusing it")
-        log("Starting session...")
-        return hand_over(session, plan.env, cache)
-    gate = exec_gated_session(plan, aws_path, cache) if can_gate() else None
-    if gate is None:
-        return connect_checked(aws, plan, public_key, session, cache, deadline, None)
-    # From here on this is the forked checker; our original pid is the waiting session.
-    rc = EXIT_ERROR
+    procs = ProcessSet(grouped=True)
+    run = ConnectRun(plan, Aws(aws_path, plan.profile, plan.region, plan.env, plan.instance_id, procs), public_key)
+    watch_ssh(procs, run.on_hangup)
     try:
-        rc = connect_checked(aws, plan, public_key, session, cache, deadline, gate)
-        return rc
-    except CloudxError as e:
-        rc = e.exit_code
-        raise
-    except KeyboardInterrupt:
-        rc = EXIT_INTERRUPTED
-        raise
+        if run.cache.fresh():
+            debug("key pushed moments ago for this instance: reusing it")
+            log("Starting session...")
+            run.reused_push = True
+            rc, refused = run_session(run, start_session(run, None))
+            if refused is None:
+                return rc
+            run.reused_push = False
+            debug(f"StartSession refused ({refused}) despite a recent key push: checking the instance")
+        return connect_checked(run, open_gate(run))
     finally:
-        if not gate.released:  # no early session: tell the waiting sh our exit code
-            gate.cancel()
-            try:
-                atomic_write(gate.fifo + ".exit", f"{rc}\n")
-            except OSError:
-                pass
+        if procs.hangup:  # the watcher is stopping everything and ends this process
+            time.sleep(60)
+        procs.stop_all()  # e.g. a gate never let through
 
 
-def connect_checked(
-    aws: Aws,
-    plan: ConnectPlan,
-    public_key: str,
-    session: list[str],
-    cache: PushCache,
-    deadline: float,
-    gate: SessionGate | None,
-) -> int:
-    """Push the key and check SSM side by side; warm: start the session, cold: start the instance first."""
-    iid = plan.instance_id
+def connect_checked(run: ConnectRun, gate: SessionGate | None, warm: bool = True) -> int:
+    """Push the key and check SSM side by side; warm: the session, cold: start the instance, wait, session.
+
+    A warm session refused before it carried a byte (the instance stopped
+    meanwhile, SSM lagging behind) sends the connect down the cold path.
+    """
+    aws, plan, iid = run.aws, run.plan, run.plan.instance_id
     log("Pushing SSH key...")
     pushed_at = time.time()
-    first = aws.many({"push": aws_push_key_args(iid, plan.user, public_key), "ssm": aws_ssm_status_args(iid)})
+    first = aws.many({"push": aws_push_key_args(iid, plan.user, run.public_key), "ssm": aws_ssm_status_args(iid)})
     push, ssm = first["push"], first["ssm"]
     if isinstance(push, CloudxError) and push.code != "EC2InstanceStateInvalidException":
         raise push
@@ -2358,48 +2548,79 @@ def connect_checked(
         raise ssm
     status = parse_ping_status(ssm, iid)
     debug(f"key push {'failed: ' + push.message if isinstance(push, CloudxError) else 'ok'}; PingStatus {status}")
-    if not isinstance(push, CloudxError) and status == "Online":
-        cache.record(pushed_at)
+    key_pushed = None if isinstance(push, CloudxError) else pushed_at
+    if key_pushed is not None:
+        run.cache.record(key_pushed)
+    if key_pushed is not None and status == "Online" and warm:
         log("Starting session...")
-        if gate is not None:
-            gate.release(deadline)
-            return EXIT_OK
-        return hand_over(session, plan.env, cache)
+        rc, refused = run_session(run, start_session(run, gate))
+        if refused is None:
+            return rc
+        debug(f"StartSession refused ({refused}): checking the instance again")
+        return connect_checked(run, open_gate(run), warm=False)
 
     # Cold path: the instance is not running, or SSM is not online yet.
-    if gate is not None:
-        gate.cancel()  # this process runs the session itself, with retries
-    key_pushed = None if isinstance(push, CloudxError) else pushed_at
-    started = False
-    if key_pushed is None:
-        started = ensure_started(aws, plan, deadline)
-    early = child_gated_session(plan, aws.path)
-    try:
-        key_pushed = wait_until_online(aws, plan, public_key, deadline, key_pushed, started)
-    except BaseException:
-        if early is not None:
-            early[1].cancel()
-        raise
-    cache.record(key_pushed)
+    started = ensure_started(aws, plan, run.deadline, pushed_at) if key_pushed is None else False
+    key_pushed = wait_until_online(run, key_pushed, started)
     log("Starting session...")
-    return run_session_child(session, plan.env, deadline, cache, early)
+    while True:
+        rc, refused = run_session(run, start_session(run, gate))
+        if refused is None:
+            return rc
+        if time.monotonic() >= run.deadline:
+            sys.stderr.write(run.held)
+            raise CloudxError("the SSM agent on the instance did not accept the session in time", VSCODE_TIMEOUT_HINT)
+        # Right after boot the agent can drop for a moment; check (and re-push) before trying again.
+        debug(f"StartSession refused ({refused}); checking again before a retry")
+        gate = open_gate(run)
+        key_pushed = wait_until_online(run, key_pushed, started, verify=True)
 
 
-def ensure_started(aws: Aws, plan: ConnectPlan, deadline: float, ignore_marker: bool = False) -> bool:
+def _start_lock(plan: ConnectPlan, name: str, deadline: float) -> FileLock | None:
+    """Take a per-instance lock in our cache (None without a usable cache: connect goes on alone)."""
+    if not plan.cache:
+        return None
+    try:
+        ensure_private_dir(plan.cache)
+        return FileLock(os.path.join(plan.cache, f"{name}-{plan.region}-{plan.instance_id}"), deadline).__enter__()
+    except OSError as e:
+        debug(f"no {name} lock ({e}); going on without it")
+        return None
+
+
+def _marker_age(path: str) -> float:
+    """Seconds since a marker file was written (-1 if absent)."""
+    try:
+        return time.time() - os.path.getmtime(path)
+    except OSError:
+        return -1.0
+
+
+def _touch(path: str) -> None:
+    """Write an empty marker file (best effort)."""
+    try:
+        with open(path, "w", encoding="utf-8"):
+            pass
+    except OSError as e:
+        debug(f"cannot write {path}: {e}")
+
+
+def ensure_started(
+    aws: Aws, plan: ConnectPlan, deadline: float, seen_at: float, grace: float = START_MARKER_SECONDS
+) -> bool:
     """Start the instance unless another connect just did; True if this process started it.
 
     A lock per instance makes concurrent connects call StartInstances once: the
-    first records a marker, the others see it and only wait.
+    first records a marker, the others see it and only wait. A marker counts
+    when written after ``seen_at - grace`` (we saw the instance not running at
+    ``seen_at``): an older start may have been undone by a stop since.
     """
     iid = plan.instance_id
-    ensure_private_dir(plan.cache)
-    marker = os.path.join(plan.cache, f"started-{plan.region}-{iid}")
-    with FileLock(os.path.join(plan.cache, f"lock-{plan.region}-{iid}"), deadline):
-        try:
-            age = time.time() - os.path.getmtime(marker)
-        except OSError:
-            age = -1.0
-        if not ignore_marker and 0 <= age < START_MARKER_SECONDS:
+    marker = os.path.join(plan.cache, f"started-{plan.region}-{iid}") if plan.cache else ""
+    lock = _start_lock(plan, "lock", deadline)
+    try:
+        age = _marker_age(marker) if lock else -1.0
+        if age >= 0 and time.time() - age >= seen_at - grace:
             log(f"Instance {iid} is being started by another connection; waiting...")
             return False
         while True:
@@ -2435,12 +2656,15 @@ def ensure_started(aws: Aws, plan: ConnectPlan, deadline: float, ignore_marker: 
                     return False
                 raise
             if previous == "stopped":
-                with open(marker, "w", encoding="utf-8"):
-                    pass
+                if lock:
+                    _touch(marker)
                 log(f"Starting instance {iid}...")
                 return True
             debug(f"start-instances: instance was {previous}")
             return False
+    finally:
+        if lock:
+            lock.__exit__()
 
 
 def is_denied(error: CloudxError) -> bool:
@@ -2461,44 +2685,99 @@ def wait_for_state(aws: Aws, plan: ConnectPlan, deadline: float, wanted: str) ->
 
 
 def _pace(round_start: float, deadline: float, what: str, hint: str = VSCODE_TIMEOUT_HINT) -> None:
-    """End a poll round: fail past the deadline, else keep rounds at least MIN_POLL_INTERVAL apart."""
+    """End a poll round: fail past the deadline, else keep rounds about POLL_SECONDS apart."""
     now = time.monotonic()
     if now >= deadline:
         raise CloudxError(f"timed out {what}", hint)
-    time.sleep(max(0.0, min(MIN_POLL_INTERVAL - (now - round_start), deadline - now)))
+    time.sleep(max(0.0, min(POLL_SECONDS - (now - round_start), deadline - now)))
 
 
-def wait_until_online(
-    aws: Aws, plan: ConnectPlan, public_key: str, deadline: float, key_pushed: float | None, started: bool
-) -> float:
-    """Poll SSM until the agent is Online, keeping the key pushed; returns when it was pushed.
+def shared_online(run: ConnectRun, key_pushed: float | None) -> float | None:
+    """Wait for the connect that polls this instance; if it saw Online just now, our key push time.
 
-    Each round runs the SSM query beside whichever EC2 call is useful: the
-    instance state while it is not known to be running, else a key push when
-    the last one is getting old. Polls follow each other without a pause, so
-    Online is noticed within about one aws process time.
+    Connects waiting for one instance share one poller: the others wait for the
+    per-instance lock, then use its result (a refused session still checks again).
+    None means: poll ourselves (the lock is then held by the caller via run.poll_lock).
     """
-    iid = plan.instance_id
-    log("Waiting for SSM connectivity...")
+    plan = run.plan
+    lock = _start_lock(plan, "wait", run.deadline)
+    run.poll_lock = lock
+    if lock is None:
+        return None
+    age = _marker_age(os.path.join(plan.cache, f"online-{plan.region}-{plan.instance_id}"))
+    if not 0 <= age < ONLINE_SHARE_SECONDS:
+        return None
+    lock.__exit__()
+    run.poll_lock = None
+    debug(f"another connect saw the instance Online {age:.1f} s ago")
+    recorded = run.cache.pushed_at()  # the poller pushes for the same user and key too
+    if recorded is not None and (key_pushed is None or recorded > key_pushed):
+        key_pushed = recorded
+    if key_pushed is not None and time.time() - key_pushed < PUSH_REFRESH_SECONDS:
+        return key_pushed
+    pushed_at = time.time()
+    try:
+        run.aws(aws_push_key_args(plan.instance_id, plan.user, run.public_key))
+    except CloudxError as e:
+        if e.code != "EC2InstanceStateInvalidException":
+            raise
+        return None  # not running after all: poll
+    run.cache.record(pushed_at)
+    return pushed_at
+
+
+def wait_until_online(run: ConnectRun, key_pushed: float | None, started: bool, verify: bool = False) -> float:
+    """Poll until SSM says Online with a fresh key pushed; returns when the key was pushed.
+
+    Rounds are about POLL_SECONDS apart. While the instance is not known to run,
+    only its EC2 state is asked; once it runs the key is pushed at once (so
+    nothing is left in series after Online) and SSM is polled, the key re-pushed
+    when PUSH_REFRESH_SECONDS old, the state looked at now and then. ``verify``
+    (before a retry) pushes in the first round whatever the key's age: only a
+    running instance accepts it.
+    """
+    if not verify:
+        log("Waiting for SSM connectivity...")
+        shared = shared_online(run, key_pushed)
+        if shared is not None:
+            return shared
+    try:
+        return _poll_until_online(run, key_pushed, started, verify)
+    finally:
+        if run.poll_lock is not None:
+            run.poll_lock.__exit__()
+            run.poll_lock = None
+
+
+def _poll_until_online(run: ConnectRun, key_pushed: float | None, started: bool, probe: bool) -> float:
+    """The poll loop of wait_until_online."""
+    aws, plan, iid = run.aws, run.plan, run.plan.instance_id
     state = "running" if key_pushed else ("pending" if started else "unknown")
     restarted = False
     status = "NotRegistered"
     described_at = time.monotonic()
     can_describe = True  # the reference's minimal policy has no ec2:DescribeInstances
+    round_start = time.monotonic()
+    if started and not probe:  # it was pending a moment ago; a short boot is running within a second or two
+        time.sleep(max(0.0, min(POLL_SECONDS / 2, run.deadline - time.monotonic())))
     while True:
         round_start = time.monotonic()
-        calls = {"ssm": aws_ssm_status_args(iid)}
-        # Polls follow each other without a pause; the EC2 state is looked at only
-        # now and then (every aws process costs a core for most of a second).
-        recheck = STATE_RECHECK_SECONDS if state == "running" else PENDING_RECHECK_SECONDS
-        if can_describe and (state == "unknown" or time.monotonic() - described_at > recheck):
-            calls["ec2"] = aws_describe_args(iid)  # also notices an instance stopped while we wait
-        elif (state == "running" or not can_describe) and (
-            key_pushed is None or time.time() - key_pushed > PUSH_REFRESH_SECONDS
-        ):
-            calls["push"] = aws_push_key_args(iid, plan.user, public_key)  # without describe: the state probe
+        calls: dict[str, list[str]] = {}
+        if state != "running":
+            if can_describe:
+                calls["ec2"] = aws_describe_args(iid)
+            else:
+                calls["push"] = aws_push_key_args(iid, plan.user, run.public_key)  # the state probe
+        else:
+            calls["ssm"] = aws_ssm_status_args(iid)
+            if probe or key_pushed is None or time.time() - key_pushed > PUSH_REFRESH_SECONDS:
+                calls["push"] = aws_push_key_args(iid, plan.user, run.public_key)
+            elif can_describe and time.monotonic() - described_at > STATE_RECHECK_SECONDS:
+                calls["ec2"] = aws_describe_args(iid)  # notices an instance stopped while we wait
+        probe = False
         push_time = time.time()
         results = aws.many(calls)
+        hurry = False  # it just turned out to run: push and ask SSM without a pause
         if "ec2" in results:
             described_at = time.monotonic()
             described = results["ec2"]
@@ -2508,17 +2787,18 @@ def wait_until_online(
                 continue
             if isinstance(described, CloudxError):
                 raise described
-            state = parse_instance_state(described, iid) or "missing"
+            was, state = state, parse_instance_state(described, iid) or "missing"
             if state in ("stopped", "stopping", "terminated", "shutting-down", "missing"):
                 if state == "stopped" and not started and not restarted:
                     restarted = True  # another connect's start did not take: start it ourselves
-                    started = ensure_started(aws, plan, deadline, ignore_marker=True)
+                    started = ensure_started(aws, plan, run.deadline, push_time, grace=0.0)
                     state = "unknown"
                     continue
                 raise CloudxError(
                     f"instance {iid} became {state} while waiting for it to start",
                     "check the instance in the EC2 console (something stopped it), then connect again",
                 )
+            hurry = state == "running" and was != "running"
         if "push" in results:
             pushed = results["push"]
             if isinstance(pushed, CloudxError):
@@ -2526,28 +2806,23 @@ def wait_until_online(
                     raise pushed
                 state = "unknown"
             else:
+                hurry = hurry or state != "running"
                 key_pushed, state = push_time, "running"  # a key is accepted only by a running instance
-        ssm = results["ssm"]
-        if isinstance(ssm, CloudxError):
-            raise ssm
-        status = parse_ping_status(ssm, iid)
+                run.cache.record(push_time)
+        if "ssm" in results:
+            ssm = results["ssm"]
+            if isinstance(ssm, CloudxError):
+                raise ssm
+            status = parse_ping_status(ssm, iid)
         debug(f"EC2 state {state}, SSM PingStatus {status}")
-        if status == "Online":
-            if state != "running" or key_pushed is None or time.time() - key_pushed > PUSH_REUSE_SECONDS:
-                # Online means running, but SSM can lag behind a stop: an accepted key settles it.
-                log("Pushing SSH key...")
-                pushed_at = time.time()
-                try:
-                    aws(aws_push_key_args(iid, plan.user, public_key))
-                    key_pushed, state = pushed_at, "running"
-                except CloudxError as e:
-                    if e.code != "EC2InstanceStateInvalidException":
-                        raise
-                    state = "unknown"
-            if state == "running" and key_pushed is not None:
-                return key_pushed
+        if status == "Online" and state == "running" and key_pushed is not None:
+            if plan.cache and run.poll_lock is not None:
+                _touch(os.path.join(plan.cache, f"online-{plan.region}-{iid}"))
+            return key_pushed
         what = f"after {plan.timeout:.0f} s waiting for {iid} to be Online in SSM (EC2 {state}, SSM {status})"
-        _pace(round_start, deadline, what, VSCODE_TIMEOUT_HINT if started else SSM_AGENT_HINT)
+        if hurry and time.monotonic() < run.deadline:
+            continue
+        _pace(round_start, run.deadline, what, VSCODE_TIMEOUT_HINT if started else SSM_AGENT_HINT)
 
 
 # ---------------------------------------------------------------------------

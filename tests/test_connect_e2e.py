@@ -109,18 +109,19 @@ def test_expired_push_record_is_not_reused(rig: Rig, home: Home, pyz: Path) -> N
     assert "SendSSHPublicKey" in actions(rig)
 
 
-def test_failed_session_forgets_the_push(rig: Rig, home: Home, pyz: Path) -> None:
+def test_refused_session_on_a_reused_push_checks_the_instance(rig: Rig, home: Home, pyz: Path) -> None:
+    """A fresh push record is no proof: a session refused before any byte sends the connect down the full path."""
     iid = rig.add_instance()
     assert ssh(rig, home, pyz, iid, "true").returncode == 0
     rig.set_instance(iid, ssm="ConnectionLost")  # the agent drops: StartSession is refused
-    res = ssh(rig, home, pyz, iid, "true")
-    assert res.returncode != 0
-    assert "TargetNotConnected" in res.stderr
-    assert not list((home.path / ".cache" / "cloudx-proxy").glob(f"push-*{iid}*"))
     rig.clear_calls()
-    res = ssh(rig, home, pyz, iid, "true", args="--timeout 2")
+    res = ssh(rig, home, pyz, iid, "true", args="--timeout 3")
     assert res.returncode != 0
-    assert "SendSSHPublicKey" in actions(rig), "the next connect checks again instead of trusting the record"
+    assert "ConnectionLost" in res.stderr and "SSM agent" in res.stderr, res.stderr
+    acts = actions(rig)
+    assert acts[0] == "StartSession", "the record was tried first"
+    assert "SendSSHPublicKey" in acts and "DescribeInstanceInformation" in acts, "then checked, not trusted"
+    assert "StartInstances" not in acts
 
 
 def test_scp_round_trip_with_checksum(rig: Rig, home: Home, pyz: Path, tmp_path: Path) -> None:
@@ -145,7 +146,8 @@ def test_scp_round_trip_with_checksum(rig: Rig, home: Home, pyz: Path, tmp_path:
     assert back.read_bytes() == data
 
 
-def test_no_python_process_of_ours_during_the_session(rig: Rig, home: Home, pyz: Path) -> None:
+def test_one_small_process_of_ours_during_the_session(rig: Rig, home: Home, pyz: Path) -> None:
+    """The ProxyCommand stays as the session's parent (it owns the session and its exit code); no sh."""
     iid = rig.add_instance()
     argv = rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", "echo ready; sleep 4")
     proc = subprocess.Popen(argv, env=rig.env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -154,8 +156,11 @@ def test_no_python_process_of_ours_during_the_session(rig: Rig, home: Home, pyz:
         assert proc.stdout.readline() == "ready\n"
         tree = _descendants(proc.pid)
         cmdlines = [_cmdline(p) for p in tree]
-        assert any("start-session" in c for c in cmdlines), cmdlines
-        assert not [c for c in cmdlines if "cloudx_proxy" in c], cmdlines
+        ours = [p for p in tree if "cloudx_proxy" in _cmdline(p)]
+        assert len(ours) == 1, cmdlines
+        session = [p for p in tree if "start-session" in _cmdline(p)]
+        assert len(session) == 1 and session[0] in _descendants(ours[0]), cmdlines
+        assert not [c for c in cmdlines if c.startswith(("sh ", "/bin/sh "))], cmdlines
     finally:
         proc.wait(timeout=30)
 

@@ -375,7 +375,7 @@ class Rig:
         self._control("/_rig/fault/clear")
 
     def knobs(self, **kw: Any) -> None:
-        """Global endpoint knobs, e.g. key_ttl (seconds a pushed key stays valid)."""
+        """Global endpoint knobs: key_ttl (seconds a pushed key stays valid), latency (seconds per AWS request)."""
         self._control("/_rig/knobs", kw)
 
     def calls(self, action: str | None = None) -> list[dict]:
@@ -421,7 +421,7 @@ class Rig:
             "-o",
             "LogLevel=ERROR",
             "-o",
-            "ConnectTimeout=60",
+            "ConnectTimeout=120",  # a cold start on a busy 2-core machine can take a while
             *extra,
             host,
             *remote,

@@ -67,7 +67,9 @@ class State:
         self.instances: dict[str, dict[str, Any]] = {}
         self.stopping: dict[str, float] = {}  # instance id -> overlay end time
         self.faults: dict[str, list[dict[str, Any]]] = {}
-        self.knobs: dict[str, Any] = {"key_ttl": 60.0}
+        # key_ttl: seconds a pushed key stays valid; latency: seconds every AWS request waits
+        # before it is answered (real AWS calls cost a network round trip).
+        self.knobs: dict[str, Any] = {"key_ttl": 60.0, "latency": 0.0}
         # A port bound but never listening: connecting to it is refused.
         self.dead_sock = socket.socket()
         self.dead_sock.bind(("127.0.0.1", 0))
@@ -428,6 +430,9 @@ class Handler(BaseHTTPRequestHandler):
                 }
             )
         xml_errors = not target and "form-urlencoded" in self.headers.get("Content-Type", "")
+        latency = float(st.knobs.get("latency") or 0)
+        if latency > 0:
+            time.sleep(latency)
         try:
             self._maybe_fault(action)
             handler = getattr(self, f"_h_{service.replace('-', '_')}_{action}", None)

@@ -1,0 +1,270 @@
+"""End-to-end tests of how a connect ends: stale beliefs, ssh going away, retries, the no-FIFO path.
+
+Real ssh, the real aws CLI and the rig (docs/test-rig.md). ``CLOUDX_PROXY_NO_GATE=1``
+selects the path Windows takes (the checks first, then the session as a child)
+on Linux, so that it is tested too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from rig import Home, Rig
+
+NO_GATE = {"CLOUDX_PROXY_NO_GATE": "1"}
+
+
+def ssh_argv(rig: Rig, home: Home, pyz: Path, iid: str, *remote: str, args: str = "") -> list[str]:
+    return rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p {args}".strip(), *remote)
+
+
+def env_for(rig: Rig, home: Home, gate: bool) -> dict[str, str]:
+    env = rig.env(home)
+    if not gate:
+        env.update(NO_GATE)
+    return env
+
+
+def ssh(
+    rig: Rig, home: Home, pyz: Path, iid: str, *remote: str, gate: bool = True, args: str = ""
+) -> subprocess.CompletedProcess[str]:
+    argv = ssh_argv(rig, home, pyz, iid, *remote, args=args)
+    return subprocess.run(argv, env=env_for(rig, home, gate), capture_output=True, text=True, timeout=180)
+
+
+def actions(rig: Rig) -> list[str]:
+    return [c["action"] for c in rig.calls()]
+
+
+def stop(rig: Rig, iid: str) -> None:
+    """Stop the instance behind our back (idle auto-stop, a colleague, poweroff)."""
+    rig.moto_client("ec2").stop_instances(InstanceIds=[iid])
+    assert rig.moto_state(iid) == "stopped"
+
+
+@pytest.fixture(autouse=True)
+def _fresh(rig: Rig) -> None:
+    rig.clear_calls()
+    rig.clear_faults()
+
+
+# --- processes -------------------------------------------------------------------
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(ppid, state) of a process, None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[0]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _all_pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for p in _all_pids():
+        st = _stat(p)
+        if st:
+            children.setdefault(st[0], []).append(p)
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def connect_processes(rig: Rig, marks: list[str], known: set[int]) -> list[int]:
+    """Live (not zombie) processes of one connect: known pids, or a command line naming its instance or HOME."""
+    skip = {os.getpid(), *(p.pid for p in rig.procs)}  # the rig's own (an sshd per instance)
+    found = []
+    for pid in _all_pids():
+        st = _stat(pid)
+        if pid in skip or st is None or st[1] == "Z":
+            continue
+        if pid in known or any(m in _cmdline(pid) for m in marks):
+            found.append(pid)
+    return found
+
+
+def wait_for(what: str, check, timeout: float = 90.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+# --- 1. a fresh key-push record is no proof -------------------------------------------
+def test_reconnect_after_a_stop_within_the_reuse_window(rig: Rig, home: Home, pyz: Path) -> None:
+    iid = rig.add_instance(online_delay=1)
+    assert ssh(rig, home, pyz, iid, "true").returncode == 0
+    assert list((home.path / ".cache" / "cloudx-proxy").glob(f"push-*{iid}*")), "a fresh push record"
+    stop(rig, iid)
+    rig.clear_calls()
+    res = ssh(rig, home, pyz, iid, "echo back")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "back\n"
+    acts = actions(rig)
+    assert acts[0] == "StartSession" and acts.count("StartInstances") == 1, acts
+    assert "TargetNotConnected" not in res.stderr, "the refusal is handled, not shown"
+
+
+def test_five_concurrent_reconnects_after_a_stop_no_gate(rig: Rig, home: Home, pyz: Path) -> None:
+    """VSCode reconnecting several times at once: all succeed, one StartInstances (on the no-FIFO path)."""
+    iid = rig.add_instance(pending_seconds=1, online_delay=2)
+    assert ssh(rig, home, pyz, iid, "true", gate=False).returncode == 0
+    stop(rig, iid)
+    rig.clear_calls()
+    results: list[subprocess.CompletedProcess[str]] = []
+    lock = threading.Lock()
+
+    def one(n: int) -> None:
+        res = ssh(rig, home, pyz, iid, f"echo {n}", gate=False)
+        with lock:
+            results.append(res)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.returncode for r in results] == [0] * 5, [r.stderr for r in results if r.returncode]
+    assert sorted(r.stdout for r in results) == [f"{n}\n" for n in range(5)]
+    assert actions(rig).count("StartInstances") == 1
+
+
+# --- 2. ssh going away ---------------------------------------------------------------
+PHASES = ["checks", "cold wait", "session"]
+
+
+@pytest.mark.parametrize(
+    "phase,sig,gate",
+    [
+        ("checks", signal.SIGTERM, True),
+        ("checks", signal.SIGHUP, False),
+        ("cold wait", signal.SIGTERM, False),
+        ("cold wait", signal.SIGHUP, True),
+        ("session", signal.SIGTERM, True),
+        ("session", signal.SIGHUP, False),
+    ],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+def test_ssh_going_away_stops_every_process(
+    rig: Rig, home: Home, pyz: Path, phase: str, sig: signal.Signals, gate: bool
+) -> None:
+    """Killed while connecting, ssh sends no signal (only its pipes close); in a session it hangs up on us."""
+    if phase == "checks":
+        iid = rig.add_instance()
+        rig.fault("DescribeInstanceInformation", delay=30, count=1)  # the SSM check hangs
+        ready = lambda: "DescribeInstanceInformation" in actions(rig)  # noqa: E731
+        remote: tuple[str, ...] = ("true",)
+    elif phase == "cold wait":
+        iid = rig.add_instance(state="stopped", online_delay=600)
+        ready = lambda: "DescribeInstances" in actions(rig)  # noqa: E731 - the poller is at work
+        remote = ("true",)
+    else:
+        iid = rig.add_instance()
+        remote = ("echo ready; sleep 60",)
+    proc = subprocess.Popen(
+        ssh_argv(rig, home, pyz, iid, *remote),
+        env=env_for(rig, home, gate),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    marks = [iid, str(home.path)]
+    try:
+        if phase == "session":
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        else:
+            wait_for(phase, lambda: ready() or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()[1]
+        tree = set(descendants(proc.pid))
+        assert any("connect" in _cmdline(p) for p in tree), "the ProxyCommand runs"
+        os.kill(proc.pid, sig)
+        proc.communicate(timeout=30)
+        gone_by = time.monotonic() + 2.0
+        while connect_processes(rig, marks, tree) and time.monotonic() < gone_by:
+            time.sleep(0.05)
+        left = connect_processes(rig, marks, tree)
+        assert not left, [_cmdline(p) for p in left]
+        quiet_since = time.time()
+        time.sleep(1.0)
+        late = [c["action"] for c in rig.calls() if c["t"] > quiet_since]
+        assert late == [], "no API call after ssh went away"
+    finally:
+        for pid in connect_processes(rig, marks, set()):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        rig.clear_faults()
+
+
+# --- 3. retries and refused keys -------------------------------------------------------
+def test_a_retry_after_a_late_boot_pushes_the_key_again(rig: Rig, home: Home, pyz: Path) -> None:
+    """The agent drops three times right after boot; by the last retry the first push has expired."""
+    iid = rig.add_instance(state="stopped", online_delay=1, flap=3)
+    rig.knobs(key_ttl=6)
+    try:
+        res = ssh(rig, home, pyz, iid, "echo late")
+    finally:
+        rig.knobs(key_ttl=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "late\n"
+    acts = actions(rig)
+    first_session = acts.index("StartSession")
+    assert acts.count("StartSession") == 4
+    assert acts[first_session:].count("SendSSHPublicKey") >= 3, acts
+
+
+def test_a_refused_key_on_a_reused_push_is_forgotten(rig: Rig, home: Home, pyz: Path) -> None:
+    """ssh's authentication fails on a key push we reused (the key is gone): the next connect pushes again."""
+    iid = rig.add_instance()
+    assert ssh(rig, home, pyz, iid, "true").returncode == 0
+    for keys in (rig.keys_root / iid).iterdir():
+        keys.unlink()  # as if the key had expired or the instance had been replaced; our record does not know
+    res = ssh(rig, home, pyz, iid, "true")
+    assert res.returncode == 255 and "Permission denied" in res.stderr, res.stderr
+    assert not list((home.path / ".cache" / "cloudx-proxy").glob(f"push-*{iid}*"))
+    rig.clear_calls()
+    res = ssh(rig, home, pyz, iid, "echo pushed")
+    assert res.returncode == 0, res.stderr
+    assert "SendSSHPublicKey" in actions(rig)
+
+
+# --- 7. the no-FIFO path ---------------------------------------------------------------
+def test_no_gate_path_warm_and_cold(rig: Rig, home: Home, pyz: Path) -> None:
+    """Windows' path (the checks first, then the session as a child), selected on Linux for tests."""
+    iid = rig.add_instance(state="stopped", pending_seconds=1, online_delay=2)
+    res = ssh(rig, home, pyz, iid, "echo cold", gate=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "cold\n" and f"Starting instance {iid}..." in res.stderr
+    cache = home.path / ".cache" / "cloudx-proxy"
+    for record in cache.glob("push-*"):
+        record.unlink()  # a first connect
+    rig.clear_calls()
+    res = ssh(rig, home, pyz, iid, "echo warm", gate=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "warm\n"
+    assert sorted(actions(rig)) == ["DescribeInstanceInformation", "SendSSHPublicKey", "StartSession"]
+    assert not list(cache.glob("gate-*")), "no FIFO on this path"

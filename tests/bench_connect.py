@@ -48,7 +48,7 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 
-from rig import Home, Rig, have_prerequisites  # noqa: E402
+from rig import Home, Rig, descendants, have_prerequisites  # noqa: E402
 
 REF_VERSION = "0.17.6"
 REF_VENV = Path.home() / ".cache" / "cloudx-bench" / f"venv-{REF_VERSION}"
@@ -160,16 +160,6 @@ def children_map() -> dict[int, list[int]]:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         out.setdefault(ppid, []).append(int(entry))
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below pid (not pid itself), parents before children."""
-    kids, out, todo = children_map(), [], [pid]
-    while todo:
-        for child in kids.get(todo.pop(0), []):
-            out.append(child)
-            todo.append(child)
     return out
 
 

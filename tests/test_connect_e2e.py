@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import skip_or_fail
-from rig import Home, Rig
+from rig import Home, Rig, cmdline, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,40 +154,15 @@ def test_one_small_process_of_ours_during_the_session(rig: Rig, home: Home, pyz:
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ready\n"
-        tree = _descendants(proc.pid)
-        cmdlines = [_cmdline(p) for p in tree]
-        ours = [p for p in tree if "cloudx_proxy" in _cmdline(p)]
+        tree = descendants(proc.pid)
+        cmdlines = [cmdline(p) for p in tree]
+        ours = [p for p in tree if "cloudx_proxy" in cmdline(p)]
         assert len(ours) == 1, cmdlines
-        session = [p for p in tree if "start-session" in _cmdline(p)]
-        assert len(session) == 1 and session[0] in _descendants(ours[0]), cmdlines
+        session = [p for p in tree if "start-session" in cmdline(p)]
+        assert len(session) == 1 and session[0] in descendants(ours[0]), cmdlines
         assert not [c for c in cmdlines if c.startswith(("sh ", "/bin/sh "))], cmdlines
     finally:
         proc.wait(timeout=30)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 # --- cold path -----------------------------------------------------------------

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from rig import Home, Rig
+from rig import Home, Rig, cmdline, descendants
 
 NO_GATE = {"CLOUDX_PROXY_NO_GATE": "1"}
 
@@ -66,29 +66,8 @@ def _stat(pid: int) -> tuple[int, str] | None:
     return int(fields[1]), fields[0]
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _all_pids() -> list[int]:
     return [int(e) for e in os.listdir("/proc") if e.isdigit()]
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for p in _all_pids():
-        st = _stat(p)
-        if st:
-            children.setdefault(st[0], []).append(p)
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def connect_processes(rig: Rig, marks: list[str], known: set[int]) -> list[int]:
@@ -99,7 +78,7 @@ def connect_processes(rig: Rig, marks: list[str], known: set[int]) -> list[int]:
         st = _stat(pid)
         if pid in skip or st is None or st[1] == "Z":
             continue
-        if pid in known or any(m in _cmdline(pid) for m in marks):
+        if pid in known or any(m in cmdline(pid) for m in marks):
             found.append(pid)
     return found
 
@@ -199,14 +178,14 @@ def test_ssh_going_away_stops_every_process(
             wait_for(phase, lambda: ready() or proc.poll() is not None)
         assert proc.poll() is None, proc.communicate()[1]
         tree = set(descendants(proc.pid))
-        assert any("connect" in _cmdline(p) for p in tree), "the ProxyCommand runs"
+        assert any("connect" in cmdline(p) for p in tree), "the ProxyCommand runs"
         os.kill(proc.pid, sig)
         proc.communicate(timeout=30)
         gone_by = time.monotonic() + 2.0
         while connect_processes(rig, marks, tree) and time.monotonic() < gone_by:
             time.sleep(0.05)
         left = connect_processes(rig, marks, tree)
-        assert not left, [_cmdline(p) for p in left]
+        assert not left, [cmdline(p) for p in left]
         quiet_since = time.time()
         time.sleep(1.0)
         late = [c["action"] for c in rig.calls() if c["t"] > quiet_since]

@@ -437,6 +437,32 @@ def ssh_config_argv(home: Home, config: Path, host: str, *remote: str) -> list[s
     ]  # fmt: skip
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (not pid itself), from /proc, parents before children."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line as one string ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def have_prerequisites() -> str | None:
     """Why the rig cannot run here, or None if it can."""
     if os.geteuid() != 0:

@@ -58,8 +58,9 @@ AWS_CONNECT_TIMEOUT = 10
 AWS_READ_TIMEOUT = 20
 # Wall-clock limit for one aws process (its own retries included).
 AWS_CALL_TIMEOUT = 90.0
-# While waiting for SSM, look at the EC2 state about this often (a stop ends the wait).
-STATE_RECHECK_SECONDS = 10.0
+# While waiting for SSM, look at the EC2 state about this often (a stop ends the wait; the
+# key push every PUSH_REFRESH_SECONDS notices one too).
+STATE_RECHECK_SECONDS = 20.0
 # The aws CLI's own retries (throttling, 5xx, timeouts), unless the user chose.
 AWS_RETRY_ENV = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "5"}
 
@@ -1757,7 +1758,7 @@ class ProcessSet:
         except FileNotFoundError:
             raise CloudxError(f"{argv[0]} not found", AWS_INSTALL_HINT if "aws" in argv[0] else None) from None
         try:
-            out, err = self._collect(proc, started + timeout)
+            out, err = self.collect(proc, started + timeout)
         except TimeoutError:
             self.stop(proc)
             raise CloudxError(
@@ -1769,7 +1770,7 @@ class ProcessSet:
         return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
     @staticmethod
-    def _collect(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
+    def collect(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
         """Read stdout and stderr to their end (without reaping the child); TimeoutError past the deadline."""
         assert proc.stdout is not None and proc.stderr is not None
         if os.name == "nt":
@@ -1901,14 +1902,25 @@ class Aws:
         self.path, self.profile, self.region, self.env = path, profile, region, env
         self.instance_id = instance_id
         self.procs = procs if procs is not None else ProcessSet()
+        self.gates: GateDir | None = None  # set by a connect that can start aws processes ahead of time
+        self.ready: dict[tuple[str, ...], Gate] = {}  # prepared calls, by their args
 
     def argv(self, args: list[str]) -> list[str]:
         """The full argv for an aws call."""
         return [self.path, *args, *aws_base_args(self.profile, self.region)]
 
     def __call__(self, args: list[str], timeout: float = AWS_CALL_TIMEOUT) -> Any:
-        """Run ``aws ARGS`` and return its parsed JSON, or raise a classified CloudxError."""
-        rc, out, err = self.procs.run(self.argv(args), self.env, timeout)
+        """Run ``aws ARGS`` (or let its prepared process through) and return its parsed JSON.
+
+        Failures raise a classified CloudxError.
+        """
+        gate = self.ready.pop(tuple(args), None)
+        if gate is not None:
+            return self._finish(gate, timeout)
+        return self._answer(args, *self.procs.run(self.argv(args), self.env, timeout))
+
+    def _answer(self, args: list[str], rc: int, out: str, err: str) -> Any:
+        """The parsed JSON of a finished call, or its classified CloudxError raised."""
         if rc != 0:
             op = "".join(w.capitalize() for w in args[1].split("-")) if len(args) > 1 else args[0]
             op = op.replace("Ssh", "SSH")
@@ -1919,6 +1931,67 @@ class Aws:
         except ValueError:
             raise CloudxError(f"unexpected output from aws {' '.join(args[:2])}") from None
 
+    def prepare(self, args: list[str], niceness: int = 0) -> None:
+        """Start ``aws ARGS`` now, held at a gate: the next call with these args lets it through.
+
+        Nothing without gates (the call then starts its process when made).
+        ``niceness``: a call that may not be needed starts at a lower CPU
+        priority, so that it does not slow down the calls that are.
+        """
+        import subprocess
+
+        if tuple(args) in self.ready:
+            return
+        fifo = self.gates.fifo() if self.gates else None
+        if fifo is None:
+            return
+        argv = [*self.argv(args), "--cli-input-json", "file://" + fifo]
+        if _VERBOSE:
+            debug("prepared: " + quote_argv(argv))
+        try:
+            proc = self.procs.spawn(
+                argv, self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except FileNotFoundError:
+            raise CloudxError(f"{self.path} not found", AWS_INSTALL_HINT) from None
+        if niceness:
+            try:  # the pid is ours: registered and not reaped
+                os.setpriority(os.PRIO_PROCESS, proc.pid, niceness)
+            except OSError as e:
+                debug(f"cannot lower the priority of {proc.pid}: {e}")
+        self.ready[tuple(args)] = Gate(proc, fifo, b"{}", args)
+
+    def _finish(self, gate: Gate, timeout: float) -> Any:
+        """Let a prepared call through and return its answer."""
+        started = time.monotonic()
+        released = gate.release(self.procs, started + timeout)
+        try:
+            out, err = self.procs.collect(gate.proc, started + timeout)
+        except TimeoutError:
+            self.procs.stop(gate.proc)
+            raise CloudxError(
+                f"aws {' '.join(gate.args[:2])} did not finish within {timeout:.0f} s",
+                "check the network connection to AWS",
+            ) from None
+        rc = self.procs.reap(gate.proc)
+        debug(f"exit {rc} after {time.monotonic() - started:.2f} s (prepared): {' '.join(gate.args[:2])}")
+        text = err.decode("utf-8", "replace")
+        if not released and rc == 0:
+            rc, text = 1, text + f"\naws {' '.join(gate.args[:2])} ended before it was let through"
+        return self._answer(gate.args, rc, out.decode("utf-8", "replace"), text)
+
+    def discard(self, args: list[str] | None = None) -> None:
+        """Stop a prepared call that is not needed (all of them without args)."""
+        keys = [tuple(args)] if args is not None else list(self.ready)
+        for key in keys:
+            gate = self.ready.pop(key, None)
+            if gate is None:
+                continue
+            self.procs.stop(gate.proc, grace=0.2)
+            for f in (gate.proc.stdout, gate.proc.stderr):
+                if f is not None:
+                    f.close()
+
     def interactive(self, args: list[str]) -> int:
         """Run an aws command on the user's terminal (aws configure); returns its exit code."""
         import subprocess
@@ -1927,8 +2000,20 @@ class Aws:
             debug("run: " + quote_argv([self.path, *args]))
         return subprocess.call([self.path, *args], env=self.env)
 
-    def many(self, calls: dict[str, list[str]]) -> dict[str, Any]:
-        """Run independent aws calls side by side; each result is its JSON or its CloudxError."""
+    def many(self, calls: dict[str, list[str]], at: float | None = None) -> dict[str, Any]:
+        """Run independent aws calls side by side; each result is its JSON or its CloudxError.
+
+        ``at`` (a time.monotonic() value): the calls are due then. With gates
+        their processes start GATE_LEAD_SECONDS earlier, so that their requests
+        go out on time instead of after the aws start-up.
+        """
+        if at is not None:
+            lead = at - time.monotonic()
+            if self.gates is not None and lead > GATE_MIN_LEAD_SECONDS:
+                time.sleep(max(0.0, lead - GATE_LEAD_SECONDS))
+                for args in calls.values():
+                    self.prepare(args)
+            time.sleep(max(0.0, at - time.monotonic()))
         if len(calls) == 1:
             ((name, args),) = calls.items()
             return {name: self._capture(args)}
@@ -1947,6 +2032,7 @@ class Aws:
         return results
 
     def _capture(self, args: list[str]) -> Any:
+        """An answer, or the CloudxError it raised."""
         try:
             return self(args)
         except CloudxError as e:
@@ -2227,6 +2313,15 @@ SESSION_REFUSALS = (
 # One poll round of the cold wait lasts about this long (each aws process costs
 # most of a CPU second; the reference sleeps 3 s between its polls).
 POLL_SECONDS = 2.0
+# A poll round's aws processes start this long before the round is due (an aws
+# process takes about 0.7-1.2 s to start here), when it is due at least
+# GATE_MIN_LEAD_SECONDS from now.
+GATE_LEAD_SECONDS = 1.5
+GATE_MIN_LEAD_SECONDS = 0.3
+# The start-instances a connect prepares in case the instance is stopped runs at
+# this nice value: on a warm connect it must not take CPU from the key push and
+# the session (measured on 2 cores: +0.45 s at nice 0, +0.1 s at nice 19).
+SPECULATIVE_NICENESS = 10
 # Another connect's "Online" (it polled while we waited for its lock) is used this long.
 ONLINE_SHARE_SECONDS = 20.0
 # A session on a reused key push that ssh ends this soon may be a refused key: forget the push.
@@ -2304,19 +2399,19 @@ def can_gate() -> bool:
     return os.name != "nt" and hasattr(os, "mkfifo")
 
 
-class SessionGate:
-    """Our aws start-session child, started early, blocked reading its input from a FIFO.
+class Gate:
+    """An aws child started ahead of time, blocked reading its --cli-input-json from a FIFO.
 
-    The aws process spends most of its ~0.7 s start-up importing; started while
-    the checks run, it calls StartSession the moment the input is written.
+    The aws process spends most of its ~0.7 s start-up importing and loading
+    models; started early, it calls AWS the moment its input is written.
     Writing the input is the "go", stopping the child the "no go".
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], fifo: str, data: bytes):
-        self.proc, self.fifo, self.data = proc, fifo, data
+    def __init__(self, proc: subprocess.Popen[bytes], fifo: str, data: bytes, args: list[str]):
+        self.proc, self.fifo, self.data, self.args = proc, fifo, data, args
 
     def release(self, procs: ProcessSet, deadline: float) -> bool:
-        """Hand the waiting session its input; False if it ended before it opened the FIFO.
+        """Hand the waiting child its input; False if it ended before it opened the FIFO.
 
         A regular file with the same input replaces the FIFO before the write
         end closes, because aws CLI v1 opens --cli-input-json twice.
@@ -2346,6 +2441,37 @@ class SessionGate:
         return True
 
 
+class GateDir:
+    """The FIFOs of one connect's gates, in a fresh 0700 directory of our cache, removed when it ends."""
+
+    def __init__(self, cache: str, procs: ProcessSet):
+        self.cache, self.procs = cache, procs
+        self.path = ""
+        self.count = 0
+        self.broken = False
+
+    def fifo(self) -> str | None:
+        """A new FIFO for one gate (None when FIFOs cannot be made here: the call then runs when due)."""
+        if self.broken:
+            return None
+        try:
+            if not self.path:
+                ensure_private_dir(self.cache)
+                remove_stale_gates(self.cache)
+                path = os.path.join(self.cache, f"gate-{os.getpid()}-{os.urandom(8).hex()}")
+                os.mkdir(path, 0o700)
+                self.procs.paths.append(path)
+                self.path = path
+            self.count += 1
+            fifo = os.path.join(self.path, f"input-{self.count}.json")
+            os.mkfifo(fifo, 0o600)
+            return fifo
+        except OSError as e:
+            debug(f"no gate ({e}); each aws call starts when it is due")
+            self.broken = True
+            return None
+
+
 def remove_stale_gates(cache: str) -> None:
     """Remove gates (directories, or FIFOs of older versions) that killed connects left behind."""
     now = time.time()
@@ -2370,11 +2496,13 @@ class ConnectRun:
         self.procs = aws.procs
         self.cache = PushCache(plan, public_key)
         self.deadline = time.monotonic() + plan.timeout
-        self.early = can_gate() and not plan.env.get(NO_GATE_ENV) and bool(plan.cache)
+        if can_gate() and not plan.env.get(NO_GATE_ENV) and plan.cache:
+            aws.gates = GateDir(plan.cache, self.procs)
         self.session_started: float | None = None
         self.reused_push = False
         self.held = ""  # refusal lines of the last session, shown if no retry succeeds
         self.poll_lock: FileLock | None = None  # held while this connect polls for the others
+        self.doubted_at = 0.0  # when this connect last saw the instance not ready: older "Online" is stale
 
     def auth_doubt(self) -> bool:
         """True when a session on a reused key push ended so soon that ssh may have refused the key.
@@ -2393,30 +2521,20 @@ class ConnectRun:
         return EXIT_OK
 
 
-def open_gate(run: ConnectRun) -> SessionGate | None:
-    """Start the session early, waiting at a FIFO in a fresh 0700 directory of our cache (None: cannot)."""
+def open_gate(run: ConnectRun) -> Gate | None:
+    """Start the session early, waiting at its gate (None: no gates here, it starts when the checks pass)."""
     import subprocess
 
     plan = run.plan
-    if not run.early:
-        return None
-    try:
-        ensure_private_dir(plan.cache)
-        remove_stale_gates(plan.cache)
-        directory = os.path.join(plan.cache, f"gate-{os.getpid()}-{os.urandom(8).hex()}")
-        os.mkdir(directory, 0o700)
-        run.procs.paths.append(directory)
-        fifo = os.path.join(directory, "input.json")
-        os.mkfifo(fifo, 0o600)
-    except OSError as e:
-        debug(f"no early session ({e}); the checks run first")
+    fifo = run.aws.gates.fifo() if run.aws.gates else None
+    if fifo is None:
         return None
     argv = gated_session_argv(run.aws.path, fifo, plan.profile, plan.region)
     proc = run.procs.spawn(argv, plan.env, stderr=subprocess.PIPE)
-    return SessionGate(proc, fifo, session_input(plan.instance_id, plan.port))
+    return Gate(proc, fifo, session_input(plan.instance_id, plan.port), ["ssm", "start-session"])
 
 
-def start_session(run: ConnectRun, gate: SessionGate | None) -> subprocess.Popen[bytes]:
+def start_session(run: ConnectRun, gate: Gate | None) -> subprocess.Popen[bytes]:
     """The session child on our stdin/stdout: the gate's, let through, or a new one."""
     import subprocess
 
@@ -2481,20 +2599,23 @@ def connect_dry_run(plan: ConnectPlan) -> int:
         f"[dry run] aws: {aws or 'not found'}; session-manager-plugin: {plugin or 'not found'}",
         f"[dry run] key push record: {PushCache(plan, public_key).path or 'none (no usable cache directory)'}",
     ]
-    if can_gate() and plan.cache and not plan.env.get(NO_GATE_ENV):
-        fifo = os.path.join(plan.cache, "gate-PID-RANDOM", "input.json")
+    gated = can_gate() and plan.cache and not plan.env.get(NO_GATE_ENV)
+    if gated:
+        fifo = os.path.join(plan.cache, "gate-PID-RANDOM", "input-N.json")
         steps += [
-            "[dry run] 0. start the session early; it waits for its input at a FIFO (the gate):",
+            "[dry run] 0. start the session and start-instances early; each waits for its input at a FIFO (a gate):",
             "    " + quote_argv(gated_session_argv(aws_cmd, fifo, plan.profile, plan.region)),
-            f"    input, written into the gate if the checks pass: {session_input(plan.instance_id, plan.port).decode()}",
+            f"    input, written into the gate if the key push passes: {session_input(plan.instance_id, plan.port).decode()}",
+            "    " + quote_argv([*tool.argv(aws_start_args(plan.instance_id)), "--cli-input-json", "file://" + fifo]),
+            "    input {}, written into the gate if the instance is not running",
         ]
     steps += [
-        "[dry run] 1. check SSM and push the key, side by side:",
-        "    " + quote_argv(tool.argv(aws_ssm_status_args(plan.instance_id))),
+        "[dry run] 1. push the key (only a running instance accepts it); if it is accepted, the session (3.):",
         "    " + quote_argv(tool.argv(aws_push_key_args(plan.instance_id, plan.user, public_key))),
-        "[dry run] 2. if the instance is not running: start it, then wait for SSM PingStatus Online "
-        f"(a poll about every {POLL_SECONDS:.0f} s, up to {plan.timeout:.0f} s):",
+        "[dry run] 2. if the instance is not running, or the session is refused: start it if stopped, then "
+        f"wait for SSM PingStatus Online (a poll about every {POLL_SECONDS:.0f} s, up to {plan.timeout:.0f} s):",
         "    " + quote_argv(tool.argv(aws_start_args(plan.instance_id))),
+        "    " + quote_argv(tool.argv(aws_ssm_status_args(plan.instance_id))),
         "[dry run] 3. the session on stdin/stdout (the gate's input amounts to):",
         "    " + quote_argv(build_session_argv(aws_cmd, plan.instance_id, plan.port, plan.profile, plan.region)),
     ]
@@ -2531,36 +2652,53 @@ def cmd_connect(args: argparse.Namespace) -> int:
         procs.stop_all()  # e.g. a gate never let through
 
 
-def connect_checked(run: ConnectRun, gate: SessionGate | None, warm: bool = True) -> int:
-    """Push the key and check SSM side by side; warm: the session, cold: start the instance, wait, session.
+def connect_checked(run: ConnectRun, gate: Gate | None, warm: bool = True) -> int:
+    """Push the key; warm: the session, cold: start the instance, wait for SSM Online, the session.
 
-    A warm session refused before it carried a byte (the instance stopped
-    meanwhile, SSM lagging behind) sends the connect down the cold path.
+    The push is the check: EC2 Instance Connect accepts a key only from a running
+    instance, and the session (waiting at its gate) is refused by a target that
+    is not Online. StartInstances waits at a gate too while the key is pushed, so
+    a stopped instance is started without an aws start-up in between. A warm
+    session refused before it carried a byte (the instance stopped meanwhile,
+    SSM lagging behind) sends the connect down the cold path.
     """
     aws, plan, iid = run.aws, run.plan, run.plan.instance_id
     log("Pushing SSH key...")
-    pushed_at = time.time()
-    first = aws.many({"push": aws_push_key_args(iid, plan.user, run.public_key), "ssm": aws_ssm_status_args(iid)})
-    push, ssm = first["push"], first["ssm"]
-    if isinstance(push, CloudxError) and push.code != "EC2InstanceStateInvalidException":
-        raise push
-    if isinstance(ssm, CloudxError):
-        raise ssm
-    status = parse_ping_status(ssm, iid)
-    debug(f"key push {'failed: ' + push.message if isinstance(push, CloudxError) else 'ok'}; PingStatus {status}")
-    key_pushed = None if isinstance(push, CloudxError) else pushed_at
-    if key_pushed is not None:
-        run.cache.record(key_pushed)
-    if key_pushed is not None and status == "Online" and warm:
-        log("Starting session...")
-        rc, refused = run_session(run, start_session(run, gate))
-        if refused is None:
-            return rc
-        debug(f"StartSession refused ({refused}): checking the instance again")
-        return connect_checked(run, open_gate(run), warm=False)
+    start = aws_start_args(iid)
+    aws.prepare(start, niceness=SPECULATIVE_NICENESS)  # needed only if the instance is not running
+    try:
+        pushed_at = time.time()
+        try:
+            aws(aws_push_key_args(iid, plan.user, run.public_key))
+            key_pushed: float | None = pushed_at
+        except CloudxError as e:
+            if e.code != "EC2InstanceStateInvalidException":
+                raise
+            debug(f"key push refused: {e.message}")
+            key_pushed = None
+        if key_pushed is not None:
+            debug("key push ok")
+            run.cache.record(key_pushed)
+            if warm:
+                log("Starting session...")
+                session = start_session(run, gate)
+                aws.discard(start)
+                rc, refused = run_session(run, session)
+                if refused is None:
+                    return rc
+                debug(f"StartSession refused ({refused}): checking the instance again")
+                run.doubted_at = time.time()
+                return connect_checked(run, open_gate(run), warm=False)
+            started = False
+        else:
+            run.doubted_at = pushed_at
+            # The wait's first look, due soon after the start: loading now, not ahead of start-instances.
+            aws.prepare(aws_describe_args(iid), niceness=SPECULATIVE_NICENESS)
+            started = ensure_started(aws, plan, run.deadline, pushed_at)
+    finally:
+        aws.discard(start)
 
     # Cold path: the instance is not running, or SSM is not online yet.
-    started = ensure_started(aws, plan, run.deadline, pushed_at) if key_pushed is None else False
     key_pushed = wait_until_online(run, key_pushed, started)
     log("Starting session...")
     while True:
@@ -2684,12 +2822,16 @@ def wait_for_state(aws: Aws, plan: ConnectPlan, deadline: float, wanted: str) ->
         _pace(round_start, deadline, f"waiting for instance {plan.instance_id} to be {wanted} (it is {state})")
 
 
-def _pace(round_start: float, deadline: float, what: str, hint: str = VSCODE_TIMEOUT_HINT) -> None:
-    """End a poll round: fail past the deadline, else keep rounds about POLL_SECONDS apart."""
-    now = time.monotonic()
-    if now >= deadline:
+def _next_round(round_start: float, deadline: float, what: str, hint: str = VSCODE_TIMEOUT_HINT) -> float:
+    """End a poll round: fail past the deadline, else when the next is due (POLL_SECONDS after this one)."""
+    if time.monotonic() >= deadline:
         raise CloudxError(f"timed out {what}", hint)
-    time.sleep(max(0.0, min(POLL_SECONDS - (now - round_start), deadline - now)))
+    return min(round_start + POLL_SECONDS, deadline)
+
+
+def _pace(round_start: float, deadline: float, what: str, hint: str = VSCODE_TIMEOUT_HINT) -> None:
+    """End a poll round: fail past the deadline, else sleep until the next is due."""
+    time.sleep(max(0.0, _next_round(round_start, deadline, what, hint) - time.monotonic()))
 
 
 def shared_online(run: ConnectRun, key_pushed: float | None) -> float | None:
@@ -2705,8 +2847,8 @@ def shared_online(run: ConnectRun, key_pushed: float | None) -> float | None:
     if lock is None:
         return None
     age = _marker_age(os.path.join(plan.cache, f"online-{plan.region}-{plan.instance_id}"))
-    if not 0 <= age < ONLINE_SHARE_SECONDS:
-        return None
+    if not 0 <= age < ONLINE_SHARE_SECONDS or time.time() - age < run.doubted_at:
+        return None  # none, old, or older than what this connect saw (not running, a refused session)
     lock.__exit__()
     run.poll_lock = None
     debug(f"another connect saw the instance Online {age:.1f} s ago")
@@ -2736,14 +2878,15 @@ def wait_until_online(run: ConnectRun, key_pushed: float | None, started: bool, 
     (before a retry) pushes in the first round whatever the key's age: only a
     running instance accepts it.
     """
-    if not verify:
-        log("Waiting for SSM connectivity...")
-        shared = shared_online(run, key_pushed)
-        if shared is not None:
-            return shared
     try:
+        if not verify:
+            log("Waiting for SSM connectivity...")
+            shared = shared_online(run, key_pushed)
+            if shared is not None:
+                return shared
         return _poll_until_online(run, key_pushed, started, verify)
     finally:
+        run.aws.discard()  # a prepared call the wait did not use
         if run.poll_lock is not None:
             run.poll_lock.__exit__()
             run.poll_lock = None
@@ -2757,11 +2900,12 @@ def _poll_until_online(run: ConnectRun, key_pushed: float | None, started: bool,
     status = "NotRegistered"
     described_at = time.monotonic()
     can_describe = True  # the reference's minimal policy has no ec2:DescribeInstances
-    round_start = time.monotonic()
+    due = time.monotonic()
     if started and not probe:  # it was pending a moment ago; a short boot is running within a second or two
-        time.sleep(max(0.0, min(POLL_SECONDS / 2, run.deadline - time.monotonic())))
+        due += POLL_SECONDS / 2
     while True:
-        round_start = time.monotonic()
+        due = min(due, run.deadline)
+        round_start = max(due, time.monotonic())
         calls: dict[str, list[str]] = {}
         if state != "running":
             if can_describe:
@@ -2775,8 +2919,8 @@ def _poll_until_online(run: ConnectRun, key_pushed: float | None, started: bool,
             elif can_describe and time.monotonic() - described_at > STATE_RECHECK_SECONDS:
                 calls["ec2"] = aws_describe_args(iid)  # notices an instance stopped while we wait
         probe = False
-        push_time = time.time()
-        results = aws.many(calls)
+        push_time = time.time() + max(0.0, due - time.monotonic())  # when the calls go out
+        results = aws.many(calls, at=due)
         hurry = False  # it just turned out to run: push and ask SSM without a pause
         if "ec2" in results:
             described_at = time.monotonic()
@@ -2821,8 +2965,9 @@ def _poll_until_online(run: ConnectRun, key_pushed: float | None, started: bool,
             return key_pushed
         what = f"after {plan.timeout:.0f} s waiting for {iid} to be Online in SSM (EC2 {state}, SSM {status})"
         if hurry and time.monotonic() < run.deadline:
+            due = time.monotonic()
             continue
-        _pace(round_start, run.deadline, what, VSCODE_TIMEOUT_HINT if started else SSM_AGENT_HINT)
+        due = _next_round(round_start, run.deadline, what, VSCODE_TIMEOUT_HINT if started else SSM_AGENT_HINT)
 
 
 # ---------------------------------------------------------------------------

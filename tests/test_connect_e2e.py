@@ -71,9 +71,10 @@ def test_warm_connect_runs_a_command(rig: Rig, home: Home, pyz: Path, aws_varian
     assert res.returncode == 0, res.stderr
     assert res.stdout == "hello\nec2-user\n"
     assert "Pushing SSH key..." in res.stderr and "Starting session..." in res.stderr
-    # Two aws processes in series: the push and the SSM check side by side, then the session.
-    assert sorted(actions(rig)) == ["DescribeInstanceInformation", "SendSSHPublicKey", "StartSession"]
+    # The push is the check: the session (and a start-instances, unused here) waited at their gates.
+    assert actions(rig) == ["SendSSHPublicKey", "StartSession"]
     assert rig.plugin_calls()[0]["target"] == iid
+    assert not list((home.path / ".cache" / "cloudx-proxy").glob("gate-*")), "the gates are gone with the connect"
 
 
 def test_repeat_connect_reuses_the_key_push(rig: Rig, home: Home, pyz: Path) -> None:
@@ -190,10 +191,11 @@ def test_cold_connect_from_stopping(rig: Rig, home: Home, pyz: Path) -> None:
 def test_connect_waits_for_a_pending_instance(rig: Rig, home: Home, pyz: Path) -> None:
     iid = rig.add_instance(state="stopped")
     rig.moto_client("ec2").start_instances(InstanceIds=[iid])
-    rig.set_instance(iid, started_now=True, pending_seconds=2, online_delay=3)
+    rig.set_instance(iid, started_now=True, pending_seconds=4, online_delay=5)  # our key push comes within 4 s
     res = ssh(rig, home, pyz, iid, "echo ok")
     assert res.returncode == 0, res.stderr
     assert "Waiting for SSM connectivity..." in res.stderr
+    assert f"Starting instance {iid}" not in res.stderr, "it was pending: started by someone else"
 
 
 def test_session_retried_when_the_agent_flaps(rig: Rig, home: Home, pyz: Path) -> None:

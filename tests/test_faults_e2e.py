@@ -40,12 +40,12 @@ def _fresh(rig: Rig) -> None:
 @pytest.mark.parametrize("code,status", [("ThrottlingException", 400), ("InternalServerError", 500)])
 def test_throttling_and_5xx_are_retried(rig: Rig, home: Home, pyz: Path, code: str, status: int) -> None:
     iid = rig.add_instance()
-    rig.fault("DescribeInstanceInformation", code, "slow down", status=status, count=2)
+    rig.fault("SendSSHPublicKey", code, "slow down", status=status, count=2)
     rig.fault("StartSession", code, "slow down", status=status, count=1)
     res = ssh(rig, home, pyz, iid, "echo survived")
     assert res.returncode == 0, res.stderr
     assert res.stdout == "survived\n"
-    assert actions(rig).count("DescribeInstanceInformation") == 3
+    assert actions(rig).count("SendSSHPublicKey") == 3
     assert actions(rig).count("StartSession") == 2
 
 
@@ -60,9 +60,9 @@ def test_throttling_that_outlasts_the_retries(rig: Rig, home: Home, pyz: Path) -
 
 
 def test_a_hanging_endpoint_times_out_and_is_retried(rig: Rig, home: Home, pyz: Path) -> None:
-    """The first SSM query hangs past --cli-read-timeout (20 s): the CLI gives up on it and retries."""
+    """The first key push hangs past --cli-read-timeout (20 s): the CLI gives up on it and retries."""
     iid = rig.add_instance()
-    rig.fault("DescribeInstanceInformation", delay=25, count=1)
+    rig.fault("SendSSHPublicKey", delay=25, count=1)
     started = time.monotonic()
     res = ssh(rig, home, pyz, iid, "echo patient")
     assert res.returncode == 0, res.stderr

@@ -378,7 +378,7 @@ def test_dry_runs_write_nothing(rig: Rig, home: Home, pyz: Path) -> None:
         "setup": (["--instance", iid, "--hostname", "dry", "--yes", "--dry-run"], "+Host cloudX-dev-dry"),
         "cleanup": (["--dry-run"], "would change"),
         "migrate": (["--dry-run"], "would change"),
-        "connect": ([iid, "--dry-run"], "start the session early"),
+        "connect": ([iid, "--dry-run"], "start the session and start-instances early"),
         "list": (["--dry-run"], "would read"),
     }
     before = snapshot(home.path)

@@ -692,6 +692,9 @@ def series_report(name: str, title: str, series: dict[str, Series]) -> tuple[lis
                     "gap_s": r.gap,
                     "calls": r.summary(),
                     "timeline_s": r.timeline(),
+                    "calls_s": [
+                        (c["action"], round(c["t"] - r.started, 2)) for c in sorted(r.calls, key=lambda c: c["t"])
+                    ],
                 }
                 for r in s.runs
             ],

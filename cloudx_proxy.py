@@ -1679,35 +1679,15 @@ def find_program(name: str, path_var: str | None) -> tuple[str | None, list[str]
 
 
 def run_cmd(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a command with captured output; a missing program or a timeout is a CloudxError.
+    """Run a command (ssh-keygen, op, ssh) with captured output, through ProcessSet.run.
 
-    Output is decoded as UTF-8 with replacement: a remote login script or a
-    plugin may print any bytes.
+    A missing program or a timeout is a CloudxError; output is decoded as UTF-8
+    with replacement (a remote login script or a plugin may print any bytes).
     """
     import subprocess
 
-    if _VERBOSE:
-        debug("run: " + quote_argv(argv))
-    started = time.monotonic()
-    try:
-        proc = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            encoding="utf-8",
-            errors="replace",
-            timeout=timeout,
-            env=env,
-        )
-    except FileNotFoundError:
-        raise CloudxError(f"{argv[0]} not found", AWS_INSTALL_HINT if "aws" in argv[0] else None) from None
-    except subprocess.TimeoutExpired:
-        raise CloudxError(
-            f"{os.path.basename(argv[0])} {' '.join(argv[1:3])} did not finish within {timeout:.0f} s",
-            "check the network connection to AWS",
-        ) from None
-    debug(f"exit {proc.returncode} after {time.monotonic() - started:.2f} s: {' '.join(argv[1:3])}")
-    return proc
+    rc, out, err = ProcessSet().run(argv, env, timeout)
+    return subprocess.CompletedProcess(argv, rc, out, err)
 
 
 class ProcessSet:
@@ -1730,7 +1710,7 @@ class ProcessSet:
         self.closed = False
         self.hangup = False  # set by the watcher: ssh went away, this process is ending
 
-    def spawn(self, argv: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen[bytes]:
+    def spawn(self, argv: list[str], env: dict[str, str] | None, **kw: Any) -> subprocess.Popen[bytes]:
         """Start a child (signals such as SIGPIPE back at their defaults: Popen's restore_signals)."""
         import subprocess
 
@@ -1746,7 +1726,7 @@ class ProcessSet:
             self.live.append(proc)
         return proc
 
-    def run(self, argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+    def run(self, argv: list[str], env: dict[str, str] | None, timeout: float) -> tuple[int, str, str]:
         """Run a child with captured output: (exit code, stdout, stderr); missing or too slow is a CloudxError."""
         import subprocess
 
@@ -1765,6 +1745,9 @@ class ProcessSet:
                 f"{os.path.basename(argv[0])} {' '.join(argv[1:3])} did not finish within {timeout:.0f} s",
                 "check the network connection to AWS",
             ) from None
+        except BaseException:  # Ctrl-C in setup: the child goes too
+            self.stop(proc)
+            raise
         rc = self.reap(proc)
         debug(f"exit {rc} after {time.monotonic() - started:.2f} s: {' '.join(argv[1:3])}")
         return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")

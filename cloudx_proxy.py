@@ -4088,7 +4088,7 @@ def doctor_findings(f: DoctorFacts) -> list[tuple[str, str, str, str]]:
             add((FAIL, "credentials", e.message, e.hint or ""))
         if f.instance_id:
             out += instance_findings(f.aws_results, f.instance_id, f.region, user)
-    elif f.target and not f.instance_id:
+    if f.target and not f.instance_id:
         add((FAIL, "instance", f"{f.target} is not a host in {f.config_path}", f"run '{PROG} list' to see the hosts"))
     return out
 

@@ -674,6 +674,7 @@ def test_doctor_findings_healthy() -> None:
         ({"cache_stat": {"uid": 5, "mode": 0o700, "is_dir": 1, "link_uid": 9, "my_uid": 5}}, "symlink made by uid 9"),
         ({"cache_stat": None}, "ok    cache dir: /h/.cache/cloudx-proxy (not created yet)"),
         ({"aws_results": None, "instance_id": None}, "FAIL  instance: cloudX-dev-web is not a host in"),
+        ({"instance_id": None}, "FAIL  instance: cloudX-dev-web is not a host in"),  # credentials work, host unknown
         ({"profile_error": cp.CloudxError("profile 'x' not found", "aws configure")}, "FAIL  profile: profile 'x'"),
     ],
 )

@@ -49,6 +49,18 @@ def stop(rig: Rig, iid: str) -> None:
     assert rig.moto_state(iid) == "stopped"
 
 
+def reconnect_after_stop(
+    rig: Rig, home: Home, pyz: Path, iid: str
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Stop the instance behind our back, then connect: it succeeds; its result and API calls."""
+    stop(rig, iid)
+    rig.clear_calls()
+    res = ssh(rig, home, pyz, iid, "echo back")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "back\n"
+    return res, actions(rig)
+
+
 @pytest.fixture(autouse=True)
 def _fresh(rig: Rig) -> None:
     rig.clear_calls()
@@ -95,12 +107,7 @@ def test_reconnect_after_a_stop_within_the_reuse_window(rig: Rig, home: Home, py
     iid = rig.add_instance(online_delay=1)
     assert ssh(rig, home, pyz, iid, "true").returncode == 0
     assert list((home.path / ".cache" / "cloudx-proxy").glob(f"push-*{iid}*")), "a fresh push record"
-    stop(rig, iid)
-    rig.clear_calls()
-    res = ssh(rig, home, pyz, iid, "echo back")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout == "back\n"
-    acts = actions(rig)
+    res, acts = reconnect_after_stop(rig, home, pyz, iid)
     assert acts[0] == "StartSession" and acts.count("StartInstances") == 1, acts
     assert "TargetNotConnected" not in res.stderr, "the refusal is handled, not shown"
 
@@ -137,12 +144,7 @@ def test_a_cold_connect_right_after_another_ignores_its_stale_online(rig: Rig, h
     assert list(cache.glob(f"online-*{iid}")), "the first connect polled and saw Online"
     for record in cache.glob("push-*"):
         record.unlink()  # a first connect: only the Online marker is left to believe
-    stop(rig, iid)
-    rig.clear_calls()
-    res = ssh(rig, home, pyz, iid, "echo again")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout == "again\n"
-    acts = actions(rig)
+    _, acts = reconnect_after_stop(rig, home, pyz, iid)
     assert acts.count("StartInstances") == 1 and acts.count("StartSession") == 1, acts
     assert acts.index("StartSession") > acts.index("DescribeInstanceInformation"), "Online seen anew"
 

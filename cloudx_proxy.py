@@ -1921,13 +1921,18 @@ class Aws:
         ``niceness``: a call that may not be needed starts at a lower CPU
         priority, so that it does not slow down the calls that are.
         """
+        if tuple(args) not in self.ready:
+            gate = self._gated(args, niceness)
+            if gate is not None:
+                self.ready[tuple(args)] = gate
+
+    def _gated(self, args: list[str], niceness: int = 0) -> Gate | None:
+        """An aws child for ARGS, blocked at a new gate (None: no gates here)."""
         import subprocess
 
-        if tuple(args) in self.ready:
-            return
         fifo = self.gates.fifo() if self.gates else None
         if fifo is None:
-            return
+            return None
         argv = [*self.argv(args), "--cli-input-json", "file://" + fifo]
         if _VERBOSE:
             debug("prepared: " + quote_argv(argv))
@@ -1942,11 +1947,47 @@ class Aws:
                 os.setpriority(os.PRIO_PROCESS, proc.pid, niceness)
             except OSError as e:
                 debug(f"cannot lower the priority of {proc.pid}: {e}")
-        self.ready[tuple(args)] = Gate(proc, fifo, b"{}", args)
+        return Gate(proc, fifo, b"{}", args, spare=niceness > 0)
+
+    def _stop(self, gate: Gate) -> None:
+        """Stop a prepared child that is not let through."""
+        self.procs.stop(gate.proc, grace=0.2)
+        gate.close()
+
+    def _race(self, spare: Gate, deadline: float) -> Gate:
+        """A spare still starting at its low priority (a busy machine) races a new child at normal priority.
+
+        On a quiet machine the spare reaches its gate within SPARE_GRACE_SECONDS
+        of being needed. Past that, the first to reach its gate is let through,
+        the other stopped: lowering a child's priority cannot be undone without
+        privileges.
+        """
+        grace = time.monotonic() + SPARE_GRACE_SECONDS
+        while not spare.waiting():
+            if time.monotonic() > grace or self.procs.exited(spare.proc):
+                break
+            time.sleep(0.005)
+        else:
+            return spare
+        fresh = self._gated(spare.args)
+        if fresh is None:
+            return spare
+        debug(f"{' '.join(spare.args[:2])}: the spare is still starting; racing a new one")
+        while True:
+            for gate, other in ((spare, fresh), (fresh, spare)):
+                if gate.waiting():
+                    self._stop(other)
+                    return gate
+            if all(self.procs.exited(g.proc) for g in (spare, fresh)) or time.monotonic() > deadline:
+                self._stop(spare)
+                return fresh  # released, it says why it ended
+            time.sleep(0.005)
 
     def _finish(self, gate: Gate, timeout: float) -> Any:
         """Let a prepared call through and return its answer."""
         started = time.monotonic()
+        if gate.spare:
+            gate = self._race(gate, started + timeout)
         released = gate.release(self.procs, started + timeout)
         try:
             out, err = self.procs.collect(gate.proc, started + timeout)
@@ -1968,12 +2009,8 @@ class Aws:
         keys = [tuple(args)] if args is not None else list(self.ready)
         for key in keys:
             gate = self.ready.pop(key, None)
-            if gate is None:
-                continue
-            self.procs.stop(gate.proc, grace=0.2)
-            for f in (gate.proc.stdout, gate.proc.stderr):
-                if f is not None:
-                    f.close()
+            if gate is not None:
+                self._stop(gate)
 
     def interactive(self, args: list[str]) -> int:
         """Run an aws command on the user's terminal (aws configure); returns its exit code."""
@@ -2305,6 +2342,9 @@ GATE_MIN_LEAD_SECONDS = 0.3
 # this nice value: on a warm connect it must not take CPU from the key push and
 # the session (measured on 2 cores: +0.45 s at nice 0, +0.1 s at nice 19).
 SPECULATIVE_NICENESS = 10
+# How long a needed spare may take to reach its gate before a new child races it (on 2 quiet
+# cores it needs about 0.4 s more once the key push is refused).
+SPARE_GRACE_SECONDS = 0.6
 # Another connect's "Online" (it polled while we waited for its lock) is used this long.
 ONLINE_SHARE_SECONDS = 20.0
 # A session on a reused key push that ssh ends this soon may be a refused key: forget the push.
@@ -2390,8 +2430,22 @@ class Gate:
     Writing the input is the "go", stopping the child the "no go".
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], fifo: str, data: bytes, args: list[str]):
+    def __init__(self, proc: subprocess.Popen[bytes], fifo: str, data: bytes, args: list[str], spare: bool = False):
         self.proc, self.fifo, self.data, self.args = proc, fifo, data, args
+        self.spare = spare  # started at a lower priority, in case it is needed
+        self.fd: int | None = None  # the FIFO's write end, once the child reads it
+
+    def waiting(self) -> bool:
+        """True once the child has opened its FIFO (it waits for the go)."""
+        import errno
+
+        if self.fd is None:
+            try:
+                self.fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno != errno.ENXIO:
+                    raise
+        return self.fd is not None
 
     def release(self, procs: ProcessSet, deadline: float) -> bool:
         """Hand the waiting child its input; False if it ended before it opened the FIFO.
@@ -2399,29 +2453,32 @@ class Gate:
         A regular file with the same input replaces the FIFO before the write
         end closes, because aws CLI v1 opens --cli-input-json twice.
         """
-        import errno
-
-        while True:
-            try:
-                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-                break
-            except OSError as e:
-                if e.errno != errno.ENXIO:
-                    raise
+        while not self.waiting():
             if procs.exited(self.proc) or time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
+        assert self.fd is not None
         try:
             ready = os.open(self.fifo + ".ready", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 os.write(ready, self.data)
             finally:
                 os.close(ready)
-            os.write(fd, self.data)
+            os.write(self.fd, self.data)
             os.replace(self.fifo + ".ready", self.fifo)
         finally:
-            os.close(fd)
+            os.close(self.fd)
+            self.fd = None
         return True
+
+    def close(self) -> None:
+        """Drop our ends of its pipes and FIFO (the child is stopped or reaped)."""
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class GateDir:

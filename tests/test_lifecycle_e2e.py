@@ -255,6 +255,43 @@ def test_a_refused_key_on_a_reused_push_is_forgotten(rig: Rig, home: Home, pyz: 
     assert "SendSSHPublicKey" in actions(rig)
 
 
+# --- 6. prepared calls ----------------------------------------------------------------
+def test_a_starved_spare_start_is_raced_by_a_fresh_one(rig: Rig, home: Home, pyz: Path) -> None:
+    """On a busy machine the spare start-instances (nice 10) may not have started when it is needed.
+
+    Stopped here (SIGSTOP) before it reaches its gate, it stands for a spare that gets no CPU:
+    the connect starts a new one at normal priority, and the instance is started once.
+    """
+    iid = rig.add_instance(state="stopped", pending_seconds=1, online_delay=2)
+    rig.fault("SendSSHPublicKey", delay=2, count=1)  # the spare is found and stopped meanwhile
+    proc = subprocess.Popen(
+        ssh_argv(rig, home, pyz, iid, "echo started"),
+        env=rig.env(home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stopped: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not stopped and time.monotonic() < deadline and proc.poll() is None:
+            stopped = [p for p in descendants(proc.pid) if "start-instances" in cmdline(p)]
+            time.sleep(0.01)
+        assert len(stopped) == 1, "the spare start-instances runs next to the key push"
+        os.kill(stopped[0], signal.SIGSTOP)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        rig.clear_faults()
+    assert proc.returncode == 0, err
+    assert out == "started\n"
+    assert actions(rig).count("StartInstances") == 1
+    assert _stat(stopped[0]) is None or _stat(stopped[0])[1] == "Z", "the starved spare was stopped"  # type: ignore[index]
+
+
 # --- 7. the no-FIFO path ---------------------------------------------------------------
 def test_no_gate_path_warm_and_cold(rig: Rig, home: Home, pyz: Path) -> None:
     """Windows' path (the checks first, then the session as a child), selected on Linux for tests."""

@@ -1958,11 +1958,12 @@ class Aws:
         """A spare still starting at its low priority (a busy machine) races a new child at normal priority.
 
         On a quiet machine the spare reaches its gate within SPARE_GRACE_SECONDS
-        of being needed. Past that, the first to reach its gate is let through,
-        the other stopped: lowering a child's priority cannot be undone without
-        privileges.
+        of being needed, or of GATE_LEAD_SECONDS after its start if it is needed
+        younger (a new child would not be faster). Past that, the first to reach
+        its gate is let through, the other stopped: lowering a child's priority
+        cannot be undone without privileges.
         """
-        grace = time.monotonic() + SPARE_GRACE_SECONDS
+        grace = max(time.monotonic(), spare.born + GATE_LEAD_SECONDS) + SPARE_GRACE_SECONDS
         while not spare.waiting():
             if time.monotonic() > grace or self.procs.exited(spare.proc):
                 break
@@ -2433,6 +2434,7 @@ class Gate:
     def __init__(self, proc: subprocess.Popen[bytes], fifo: str, data: bytes, args: list[str], spare: bool = False):
         self.proc, self.fifo, self.data, self.args = proc, fifo, data, args
         self.spare = spare  # started at a lower priority, in case it is needed
+        self.born = time.monotonic()
         self.fd: int | None = None  # the FIFO's write end, once the child reads it
 
     def waiting(self) -> bool:
@@ -2791,14 +2793,17 @@ def ensure_started(
     A lock per instance makes concurrent connects call StartInstances once: the
     first records a marker, the others see it and only wait. A marker counts
     when written after ``seen_at - grace`` (we saw the instance not running at
-    ``seen_at``): an older start may have been undone by a stop since.
+    ``seen_at``): an older start may have been undone by a stop since. So is
+    one followed by an ``Online`` seen before ``seen_at``: that start was over.
     """
     iid = plan.instance_id
     marker = os.path.join(plan.cache, f"started-{plan.region}-{iid}") if plan.cache else ""
     lock = _start_lock(plan, "lock", deadline)
     try:
-        age = _marker_age(marker) if lock else -1.0
-        if age >= 0 and time.time() - age >= seen_at - grace:
+        now, age = time.time(), _marker_age(marker) if lock else -1.0
+        online_age = _marker_age(os.path.join(plan.cache, f"online-{plan.region}-{iid}")) if lock else -1.0
+        over = 0 <= online_age <= age and now - online_age <= seen_at
+        if age >= 0 and now - age >= seen_at - grace and not over:
             log(f"Instance {iid} is being started by another connection; waiting...")
             return False
         while True:

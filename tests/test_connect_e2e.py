@@ -180,7 +180,7 @@ def test_cold_connect_from_stopped(rig: Rig, home: Home, pyz: Path, aws_variant:
 
 def test_cold_connect_from_stopping(rig: Rig, home: Home, pyz: Path) -> None:
     iid = rig.add_instance(online_delay=1)
-    rig.begin_stopping(iid, seconds=10)  # longer than our first round, even on a loaded machine
+    rig.begin_stopping(iid, seconds=15)  # longer than our first round, even on a loaded machine
     res = ssh(rig, home, pyz, iid, "echo back")
     assert res.returncode == 0, res.stderr
     assert res.stdout == "back\n"

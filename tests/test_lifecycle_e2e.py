@@ -137,15 +137,19 @@ def test_five_concurrent_reconnects_after_a_stop_no_gate(rig: Rig, home: Home, p
 
 
 def test_a_cold_connect_right_after_another_ignores_its_stale_online(rig: Rig, home: Home, pyz: Path) -> None:
-    """The last connect saw the instance Online seconds ago; it was stopped since: no session on that belief."""
+    """The last connect started the instance and saw it Online seconds ago; it was stopped since.
+
+    Neither belief holds: no session on that Online, no waiting for that start.
+    """
     iid = rig.add_instance(state="stopped", pending_seconds=1, online_delay=2)
     assert ssh(rig, home, pyz, iid, "true").returncode == 0
     cache = home.path / ".cache" / "cloudx-proxy"
     assert list(cache.glob(f"online-*{iid}")), "the first connect polled and saw Online"
     for record in cache.glob("push-*"):
         record.unlink()  # a first connect: only the Online marker is left to believe
-    _, acts = reconnect_after_stop(rig, home, pyz, iid)
+    res, acts = reconnect_after_stop(rig, home, pyz, iid)
     assert acts.count("StartInstances") == 1 and acts.count("StartSession") == 1, acts
+    assert "being started by another connection" not in res.stderr, "that start was over: Online came after it"
     assert acts.index("StartSession") > acts.index("DescribeInstanceInformation"), "Online seen anew"
 
 

@@ -1737,6 +1737,12 @@ class ProcessSet:
             proc = self.spawn(argv, env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except FileNotFoundError:
             raise CloudxError(f"{argv[0]} not found", AWS_INSTALL_HINT if "aws" in argv[0] else None) from None
+        return self.output(proc, argv, started, timeout)
+
+    def output(
+        self, proc: subprocess.Popen[bytes], argv: list[str], started: float, timeout: float
+    ) -> tuple[int, str, str]:
+        """Read a child's output to its end and reap it: (exit code, stdout, stderr); too slow is a CloudxError."""
         try:
             out, err = self.collect(proc, started + timeout)
         except TimeoutError:
@@ -1990,20 +1996,10 @@ class Aws:
         if gate.spare:
             gate = self._race(gate, started + timeout)
         released = gate.release(self.procs, started + timeout)
-        try:
-            out, err = self.procs.collect(gate.proc, started + timeout)
-        except TimeoutError:
-            self.procs.stop(gate.proc)
-            raise CloudxError(
-                f"aws {' '.join(gate.args[:2])} did not finish within {timeout:.0f} s",
-                "check the network connection to AWS",
-            ) from None
-        rc = self.procs.reap(gate.proc)
-        debug(f"exit {rc} after {time.monotonic() - started:.2f} s (prepared): {' '.join(gate.args[:2])}")
-        text = err.decode("utf-8", "replace")
+        rc, out, err = self.procs.output(gate.proc, [self.path, *gate.args], started, timeout)
         if not released and rc == 0:
-            rc, text = 1, text + f"\naws {' '.join(gate.args[:2])} ended before it was let through"
-        return self._answer(gate.args, rc, out.decode("utf-8", "replace"), text)
+            rc, err = 1, err + f"\naws {' '.join(gate.args[:2])} ended before it was let through"
+        return self._answer(gate.args, rc, out, err)
 
     def discard(self, args: list[str] | None = None) -> None:
         """Stop a prepared call that is not needed (all of them without args)."""

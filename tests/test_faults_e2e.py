@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -124,19 +124,8 @@ def test_plugin_failure_reaches_ssh(rig: Rig, home: Home, pyz: Path, mode: str) 
 
 def test_ten_parallel_connects_start_the_instance_once(rig: Rig, home: Home, pyz: Path) -> None:
     iid = rig.add_instance(state="stopped", pending_seconds=1, online_delay=2)
-    results: list[subprocess.CompletedProcess[str]] = []
-    lock = threading.Lock()
-
-    def one(n: int) -> None:
-        res = ssh(rig, home, pyz, iid, f"echo {n}", timeout=300)
-        with lock:
-            results.append(res)
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda n: ssh(rig, home, pyz, iid, f"echo {n}", timeout=300), range(10)))
     assert [r.returncode for r in results] == [0] * 10, [r.stderr for r in results if r.returncode]
     assert sorted(r.stdout for r in results) == sorted(f"{n}\n" for n in range(10))
     assert actions(rig).count("StartInstances") == 1

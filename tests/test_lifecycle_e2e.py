@@ -11,8 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -118,19 +118,8 @@ def test_five_concurrent_reconnects_after_a_stop_no_gate(rig: Rig, home: Home, p
     assert ssh(rig, home, pyz, iid, "true", gate=False).returncode == 0
     stop(rig, iid)
     rig.clear_calls()
-    results: list[subprocess.CompletedProcess[str]] = []
-    lock = threading.Lock()
-
-    def one(n: int) -> None:
-        res = ssh(rig, home, pyz, iid, f"echo {n}", gate=False)
-        with lock:
-            results.append(res)
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(5) as pool:
+        results = list(pool.map(lambda n: ssh(rig, home, pyz, iid, f"echo {n}", gate=False), range(5)))
     assert [r.returncode for r in results] == [0] * 5, [r.stderr for r in results if r.returncode]
     assert sorted(r.stdout for r in results) == [f"{n}\n" for n in range(5)]
     assert actions(rig).count("StartInstances") == 1

@@ -147,23 +147,39 @@ def test_scp_round_trip_with_checksum(rig: Rig, home: Home, pyz: Path, tmp_path:
     assert back.read_bytes() == data
 
 
-def test_one_small_process_of_ours_during_the_session(rig: Rig, home: Home, pyz: Path) -> None:
-    """The ProxyCommand stays as the session's parent (it owns the session and its exit code); no sh."""
+def test_during_a_session_the_proxy_pid_is_the_plugin(rig: Rig, home: Home, pyz: Path, aws_variant: str) -> None:
+    """The process ssh started execs the real plugin: no python or aws process of the connect stays."""
     iid = rig.add_instance()
     argv = rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", "echo ready; sleep 4")
-    proc = subprocess.Popen(argv, env=rig.env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, env=rig.env(home, aws_variant), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ready\n"
-        tree = descendants(proc.pid)
-        cmdlines = [cmdline(p) for p in tree]
-        ours = [p for p in tree if "cloudx_proxy" in cmdline(p)]
-        assert len(ours) == 1, cmdlines
-        session = [p for p in tree if "start-session" in cmdline(p)]
-        assert len(session) == 1 and session[0] in descendants(ours[0]), cmdlines
-        assert not [c for c in cmdlines if c.startswith(("sh ", "/bin/sh "))], cmdlines
+        tree = [p for p in descendants(proc.pid) if not _zombie(p)]
+        assert len(tree) == 1, [cmdline(p) for p in tree]
+        assert "session-manager-plugin" in cmdline(tree[0]) and f'"Target": "{iid}"' in cmdline(tree[0])
+        (call,) = rig.plugin_calls()
+        assert call["pid"] == tree[0], "the plugin runs in the pid ssh started"
+        ours = [
+            p for p in _live_pids() if str(pyz) in cmdline(p) or ("start-session" in cmdline(p) and iid in cmdline(p))
+        ]
+        assert ours == [], [cmdline(p) for p in ours]
     finally:
         proc.wait(timeout=30)
+    assert proc.returncode == 0
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _live_pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and not _zombie(int(e))]
 
 
 # --- cold path -----------------------------------------------------------------

@@ -147,14 +147,17 @@ def paint(word: str, text: str | None = None) -> str:
 
 
 def log(msg: str) -> None:
-    """Print a progress line on stderr."""
-    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+    """Print a progress line on stderr (best effort: a closed terminal must not end a connect)."""
+    try:
+        print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def debug(msg: str) -> None:
     """Print a debug line on stderr when --verbose is on."""
     if _VERBOSE:
-        print(f"{PROG}: debug: {msg}", file=sys.stderr, flush=True)
+        log(f"debug: {msg}")
 
 
 def quote_argv(argv: list[str]) -> str:
@@ -2608,11 +2611,6 @@ def hand_off(run: ConnectRun, proc: subprocess.Popen[bytes], args: list[str], re
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)
     debug(f"handing the session to {run.plugin}")
-    _stderr_write("")
-    try:
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
     try:
         os.execve(run.plugin, [run.plugin, *args], plugin_env(run.plan.env, args, response))
     except OSError as e:

@@ -86,6 +86,26 @@ def sleep_until(t: float) -> None:
     time.sleep(max(0.0, t - time.time()))
 
 
+def ping_of(rig: Rig, home: Home, *ids: str) -> dict[str, str]:
+    """PingStatus by instance id, as describe-instance-information shows it (absent: not there)."""
+    res = aws(rig, home, "ssm", "describe-instance-information", "--filters", f"Key=InstanceIds,Values={','.join(ids)}")
+    assert res.returncode == 0, res.stderr
+    return {i["InstanceId"]: i["PingStatus"] for i in json.loads(res.stdout)["InstanceInformationList"]}
+
+
+def start_session_args(iid: str) -> tuple[str, ...]:
+    return (
+        "ssm",
+        "start-session",
+        "--target",
+        iid,
+        "--document-name",
+        "AWS-StartSSHSession",
+        "--parameters",
+        "portNumber=22",
+    )
+
+
 def test_ssh_through_aws_cli(rig: Rig, home: Home, aws_variant: str) -> None:
     iid = rig.add_instance()
     rig.clear_calls()
@@ -186,18 +206,16 @@ def test_ssm_ping_status(rig: Rig, home: Home) -> None:
     forced = rig.add_instance(ssh=False)
     rig.set_instance(forced, ssm="ConnectionLost")
     stopped = rig.add_instance(state="stopped", ssh=False)
-    late = rig.add_instance(ssh=False, online_delay=60)
-    ids = [online, forced, stopped, late]
-    res = aws(rig, home, "ssm", "describe-instance-information", "--filters", f"Key=InstanceIds,Values={','.join(ids)}")
-    assert res.returncode == 0, res.stderr
-    got = {i["InstanceId"]: i["PingStatus"] for i in json.loads(res.stdout)["InstanceInformationList"]}
+    held = rig.add_instance(ssh=False, hold="offline")
+    late = rig.add_instance(ssh=False, online_delay=3600)
+    got = ping_of(rig, home, online, forced, stopped, held, late)
     assert got == {online: "Online", forced: "ConnectionLost", stopped: "ConnectionLost"}
 
 
 def test_stopping_then_start_pending_then_running(rig: Rig, home: Home) -> None:
+    """Every window is ended by the test (release), so no step races the clock."""
     iid = rig.add_instance()
-    rig.begin_stopping(iid, 6.0)
-    t0 = time.time()  # after the call: the endpoint's 6 s started no later than this
+    rig.begin_stopping(iid)  # stopping until released
     assert rig.moto_state(iid) == "stopped"
     # The state filter applies to the effective state (moto alone says "stopped").
     assert state_of(rig, home, iid, "stopping", "running") == "stopping"
@@ -207,33 +225,107 @@ def test_stopping_then_start_pending_then_running(rig: Rig, home: Home) -> None:
         f"{aws_error('IncorrectInstanceState', 'StartInstances')}: The instance '{iid}' "
         "is not in a state from which it can be started." in res.stderr
     )
-    sleep_until(t0 + 6.1)
+    rig.release(iid)
     assert state_of(rig, home, iid) == "stopped"
 
-    rig.set_instance(iid, pending_seconds=6.0)
+    rig.set_instance(iid, hold="pending")
     res = aws(rig, home, "ec2", "start-instances", "--instance-ids", iid)
-    t1 = time.time()  # after the call (an aws process takes ~1 s): pending began no later than this
     assert res.returncode == 0, res.stderr
     (starting,) = json.loads(res.stdout)["StartingInstances"]
     assert starting["PreviousState"]["Name"] == "stopped"
     assert starting["CurrentState"] == {"Code": 0, "Name": "pending"}
     assert state_of(rig, home, iid, "pending") == "pending"
-    sleep_until(t1 + 6.1)
+    assert ping_of(rig, home, iid) == {iid: "ConnectionLost"}  # it was Online before the stop
+    rig.release(iid)
     assert state_of(rig, home, iid) == "running"
+    assert ping_of(rig, home, iid) == {iid: "Online"}
+
+
+def test_timed_windows_end_by_themselves(rig: Rig, home: Home) -> None:
+    """begin_stopping(seconds) and pending_seconds still end on their own (checked only after)."""
+    iid = rig.add_instance(ssh=False)
+    rig.begin_stopping(iid, 0.5)
+    t0 = time.time()  # after the call: the window began no later than this
+    sleep_until(t0 + 0.6)
+    assert state_of(rig, home, iid) == "stopped"
+    rig.set_instance(iid, pending_seconds=0.5)
+    res = aws(rig, home, "ec2", "start-instances", "--instance-ids", iid)
+    t1 = time.time()
+    assert res.returncode == 0, res.stderr
+    sleep_until(t1 + 0.6)
+    assert state_of(rig, home, iid) == "running"
+    # A long window holds for as long as the test needs, and release() ends it.
+    rig.set_instance(iid, pending_seconds=3600, started_now=True)
+    assert state_of(rig, home, iid) == "pending"
+    rig.release(iid)
+    assert state_of(rig, home, iid) == "running"
+
+
+def test_hold_offline_until_released(rig: Rig, home: Home) -> None:
+    never = rig.add_instance(hold="offline")
+    was = rig.add_instance(ssh=False)
+    rig.set_instance(was, hold="offline")
+    slow = rig.add_instance(ssh=False, hold="offline", online_delay=3600)
+    # EC2 says running (a key can be pushed); SSM is not Online, so no session.
+    assert state_of(rig, home, never) == "running"
+    push_key(rig, home, never)
+    assert ping_of(rig, home, never, was, slow) == {was: "ConnectionLost"}
+    res = aws(rig, home, *start_session_args(never))
+    assert res.returncode == 255
+    assert f"{aws_error('TargetNotConnected', 'StartSession')}: {never} is not connected." in res.stderr
+    assert plugin_calls_for(rig, never) == []
+    for iid in (never, was, slow):
+        rig.release(iid)
+    # Online at once; online_delay counts from the release (slow was never Online: still absent).
+    assert ping_of(rig, home, never, was, slow) == {never: "Online", was: "Online"}
+    res = ssh(rig, home, never, "echo", "hello")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "hello\n"
+    with pytest.raises(ValueError):
+        rig.set_instance(never, hold="stopped")
+
+
+def test_wait_for_call_orders_a_waiting_connect(rig: Rig, home: Home) -> None:
+    """The pattern for connect tests: once the code under test has polled, release the instance."""
+    iid = rig.add_instance(hold="offline")
+    push_key(rig, home, iid)
+    rig.clear_calls()
+    poll = (
+        f"aws ssm describe-instance-information --filters Key=InstanceIds,Values=%h --region {REGION} "
+        f'--profile {PROFILE} --query "InstanceInformationList[0].PingStatus" --output text'
+    )
+    proxy = f"sh -c 'until {poll} | grep -qx Online; do sleep 0.1; done; exec {PROXY}'"
+    env = rig.env(home.path)
+    proc = subprocess.Popen(
+        rig.ssh_argv(home, iid, proxy, "echo", "hello"),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        polls = rig.wait_for_call("DescribeInstanceInformation", iid, count=2)
+        assert len(polls) >= 2 and proc.poll() is None  # still waiting: the instance is held
+        assert rig.calls("StartSession") == []
+        released = time.time()
+        rig.release(iid)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out == "hello\n"
+    (start,) = rig.calls("StartSession")
+    assert start["t"] >= released
+    with pytest.raises(TimeoutError):
+        rig.wait_for_call("NoSuchAction", timeout=0.2)
 
 
 def test_flap_then_connect_refused(rig: Rig, home: Home) -> None:
     iid = rig.add_instance(ssh=False, flap=1)
-    args = (
-        "ssm",
-        "start-session",
-        "--target",
-        iid,
-        "--document-name",
-        "AWS-StartSSHSession",
-        "--parameters",
-        "portNumber=22",
-    )
+    args = start_session_args(iid)
     res = aws(rig, home, *args)
     assert res.returncode == 255
     assert aws_error("TargetNotConnected", "StartSession") in res.stderr

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require_v1_old, require_v2
 from rig import Home, Rig
 
 REGION = "eu-west-1"
@@ -384,9 +385,139 @@ def test_plugin_failure_modes(rig: Rig, home: Home, mode: str) -> None:
 def test_plugin_cli(rig: Rig, tmp_path: Path) -> None:
     plugin = str(rig.bin_dir / "session-manager-plugin")
     env = rig.env(tmp_path)
-    assert run([plugin, "--version"], env).stdout.strip() == "1.2.707.0"
-    res = run([plugin], env)
-    assert res.returncode == 0 and "installed successfully" in res.stdout
+    assert run([plugin, "--version"], env).stdout == "1.2.707.0\n"
+    res = run([plugin], env)  # the real plugin's texts (session.go)
+    assert res.returncode == 0
+    assert res.stdout == (
+        "\nThe Session Manager plugin was installed successfully. Use the AWS CLI to start a session.\n\n"
+    )
+    res = run([plugin, "help"], env)
+    assert res.stdout == "\nUnknown operation help. \nUse session-manager-plugin --version to check the version.\n\n"
+    # The vanishing knob refuses the rig's shared copy (later tests need it).
+    res = run([plugin, "--version"], {**env, "RIG_PLUGIN_VANISH_AFTER_VERSION": "1"})
+    assert res.returncode == 3 and "rig.plugin_dir()" in res.stderr
+    assert os.access(plugin, os.X_OK)
+
+
+def variant_env(rig: Rig, home: Home, variant: str) -> dict[str, str]:
+    if variant == "v2":
+        require_v2(rig)
+    elif variant == "v1old":
+        require_v1_old(rig)
+    return rig.env(home.path, variant)
+
+
+@pytest.mark.parametrize("variant", ["v1", "v2", "v1old"])
+def test_plain_start_session_reaches_sshd(rig: Rig, home: Home, variant: str) -> None:
+    """aws ssm start-session alone: the plugin's SessionId line, then sshd's banner; who ran it, how."""
+    iid = rig.add_instance()
+    env = variant_env(rig, home, variant)
+    argv = ["aws", *start_session_args(iid), "--profile", PROFILE, "--region", REGION]
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    (call,) = plugin_calls_for(rig, iid)
+    sid = call["session_id"]
+    assert out.startswith(f"\nStarting session with SessionId: {sid}\nSSH-2.0-".encode()), out
+    assert call["ppid"] == proc.pid  # run by the aws process itself
+    assert call["exe"] == str(rig.bin_dir / "session-manager-plugin")
+    # v1 >= 1.30.3 with a new plugin passes the answer in the environment; v2.9 and v1 1.29 in argv.
+    form = "env" if variant == "v1" else "arg"
+    assert call["form"] == form
+    first = "AWS_SSM_START_SESSION_RESPONSE" if form == "env" else "<response>"
+    assert call["argv"][:4] == [first, REGION, "StartSession", PROFILE]
+    assert json.loads(call["argv"][4])["Target"] == iid
+    assert call["argv"][5] == rig.endpoint_url and len(call["argv"]) == 6
+    assert call["profile_found"] is True and call["redeemed"] is True
+    assert rig.sessions()[sid] == {"target": iid, "redeemed": True, "terminated": False}
+
+
+def test_ssh_through_aws_v1_old(rig: Rig, home: Home, tmp_path: Path) -> None:
+    """awscli 1.29 never asks the plugin --version: a plugin that vanishes after --version still works."""
+    require_v1_old(rig)
+    iid = rig.add_instance()
+    push_key(rig, home, iid, "v1old")
+    env = {
+        **rig.env(home.path, "v1old", plugin_dir=rig.plugin_dir(tmp_path / "bin")),
+        "RIG_PLUGIN_VANISH_AFTER_VERSION": "1",
+    }
+    res = run(rig.ssh_argv(home, iid, PROXY, "echo", "hello"), env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "hello\n"
+    (call,) = plugin_calls_for(rig, iid)
+    assert call["form"] == "arg" and call["exe"] == str(tmp_path / "bin" / "session-manager-plugin")
+    assert [c["user_agent"].split()[0] for c in rig.calls() if iid in c["instance_ids"]] == ["aws-cli/1.29.85"] * 2
+
+
+def test_plugin_vanishing_after_version(rig: Rig, home: Home, tmp_path: Path) -> None:
+    """aws v1 asks --version first; then the plugin is gone, so aws ends the session it started."""
+    iid = rig.add_instance()
+    bin_dir = rig.plugin_dir(tmp_path / "bin")
+    env = {**rig.env(home.path, plugin_dir=bin_dir), "RIG_PLUGIN_VANISH_AFTER_VERSION": "1"}
+    res = run(["aws", *start_session_args(iid), "--profile", PROFILE, "--region", REGION], env)
+    assert res.returncode != 0
+    assert "SessionManagerPlugin is not found" in res.stderr
+    assert not (bin_dir / "session-manager-plugin").exists()
+    assert plugin_calls_for(rig, iid) == []
+    (start,) = [c for c in rig.calls("StartSession") if c["instance_ids"] == [iid]]
+    sids = [s for s, v in rig.sessions().items() if v["target"] == iid]
+    assert len(sids) == 1 and rig.sessions()[sids[0]] == {"target": iid, "redeemed": False, "terminated": True}
+    assert len(rig.calls("TerminateSession")) >= 1
+
+
+def test_plugin_token_is_one_use(rig: Rig, home: Home) -> None:
+    """The plugin redeems the session's token; a second use, a wrong token, or a terminated session is refused."""
+    iid = rig.add_instance()
+    ssm = rig.endpoint_client("ssm", REGION)
+    params = {"Target": iid, "DocumentName": "AWS-StartSSHSession", "Parameters": {"portNumber": ["22"]}}
+
+    def start() -> dict:
+        answer = ssm.start_session(**params)
+        answer.pop("ResponseMetadata")
+        return answer
+
+    def plugin(answer: dict | str, profile: str = PROFILE) -> subprocess.CompletedProcess:
+        env = rig.env(home.path)
+        first = answer if isinstance(answer, str) else json.dumps(answer)
+        if not isinstance(answer, str):  # the env form, as aws v1 >= 1.30.3 uses it
+            env["AWS_SSM_START_SESSION_RESPONSE"] = first
+            first = "AWS_SSM_START_SESSION_RESPONSE"
+        argv = [str(rig.bin_dir / "session-manager-plugin"), first, REGION, "StartSession", profile]
+        return run([*argv, json.dumps(params), rig.endpoint_url], env)
+
+    answer = start()
+    sid = answer["SessionId"]
+    res = plugin(answer)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"\nStarting session with SessionId: {sid}\nSSH-2.0-")
+    res = plugin(json.dumps(answer), profile="nosuch")  # the same answer again, in argv
+    refused = f"Cannot perform start session: the data channel of session {sid} refused its token"
+    assert res.returncode == 1
+    assert f"{refused}: token already used\n" in res.stderr
+    assert res.stdout == f"\nStarting session with SessionId: {sid}\n{refused}: token already used\n"
+    wrong = {**start(), "TokenValue": "forged"}
+    res = plugin(wrong)
+    assert res.returncode == 1 and "refused its token: unknown session or token" in res.stderr
+    ended = start()
+    ssm.terminate_session(SessionId=ended["SessionId"])
+    res = plugin(ended)
+    assert res.returncode == 1 and "refused its token: session terminated" in res.stderr
+    res = plugin("AWS_SSM_START_SESSION_RESPONSE")  # the variable named but not set
+    assert res.returncode == 1
+    assert res.stdout == "Cannot perform start session: unexpected end of JSON input\n"
+    calls = plugin_calls_for(rig, iid)
+    assert [(c["redeemed"], c["profile_found"]) for c in calls] == [
+        (True, True),
+        (False, False),
+        (False, True),
+        (False, True),
+    ]
+    assert rig.sessions()[wrong["SessionId"]]["redeemed"] is False
 
 
 def test_close_leaves_no_process(tmp_path: Path) -> None:

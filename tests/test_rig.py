@@ -435,6 +435,11 @@ def test_plain_start_session_reaches_sshd(rig: Rig, home: Home, variant: str) ->
     assert call["argv"][5] == rig.endpoint_url and len(call["argv"]) == 6
     assert call["profile_found"] is True and call["redeemed"] is True
     assert rig.sessions()[sid] == {"target": iid, "redeemed": True, "terminated": False}
+    # aws runs the plugin with the keys a user types ignored, nothing blocked.
+    assert {"SIGINT", "SIGQUIT", "SIGTSTP"} <= set(call["sig_ignored"]) and call["sig_blocked"] == []
+    # Only v1 >= 1.30.3 asks the plugin its version first.
+    asked = [c for c in rig.plugin_version_calls() if c["ppid"] == proc.pid]
+    assert len(asked) == (1 if variant == "v1" else 0)
 
 
 def test_ssh_through_aws_v1_old(rig: Rig, home: Home, tmp_path: Path) -> None:

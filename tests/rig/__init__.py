@@ -482,8 +482,16 @@ class Rig:
             return []
         return [json.loads(line) for line in self.plugin_log.read_text().splitlines() if line]
 
+    def plugin_version_calls(self) -> list[dict]:
+        """One entry ({"pid", "ppid", "exe"}) per `session-manager-plugin --version`."""
+        path = Path(f"{self.plugin_log}.version")
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
     def clear_plugin_calls(self) -> None:
         self.plugin_log.unlink(missing_ok=True)
+        Path(f"{self.plugin_log}.version").unlink(missing_ok=True)
 
     # --- ssh -------------------------------------------------------------------------
     def ssh_argv(

@@ -17,7 +17,7 @@ and on stderr, and exit 1 (the real plugin exits 0: the rig makes failures visib
 Env knobs: RIG_PLUGIN_VERSION (reported by --version), RIG_PLUGIN_LOG (JSON lines log, one per
 session call), RIG_PLUGIN_MODE ("early": fail before connecting; "mid": fail after 2000 bytes),
 RIG_PLUGIN_VANISH_AFTER_VERSION=1 (answer --version, then delete this file; refused in the rig's
-shared bin dir, marked by ``.rig-shared``). Standard library only; runs under ``python -S``.
+shared bin dir, marked by ``.rig-shared``). --version calls are logged in RIG_PLUGIN_LOG + ".version". Standard library only; runs under ``python -S``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -35,13 +36,40 @@ MID_LIMIT = 2000
 DEFAULT_VERSION = "1.2.707.0"
 INSTALLED = "\nThe Session Manager plugin was installed successfully. Use the AWS CLI to start a session.\n\n"
 SHARED_MARK = ".rig-shared"
+# Python ignores these itself at start-up, so what the plugin inherited for them is unknowable here.
+PYTHON_IGNORES = {"SIGPIPE", "SIGXFSZ"}
 
 
-def _log(entry: dict) -> None:
+def _log(entry: dict, suffix: str = "") -> None:
     path = os.environ.get("RIG_PLUGIN_LOG")
     if path:
-        with open(path, "a") as f:
+        with open(path + suffix, "a") as f:
             f.write(json.dumps(entry) + "\n")
+
+
+def _signal_masks() -> dict[str, list[str]]:
+    """Signals inherited ignored (but SIGPIPE/SIGXFSZ) and blocked, from /proc/self/status."""
+    out: dict[str, list[str]] = {"sig_ignored": [], "sig_blocked": []}
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return out
+    for key, field in (("sig_ignored", "SigIgn"), ("sig_blocked", "SigBlk")):
+        mask = int(fields.get(field, "0").strip() or "0", 16)
+        names = []
+        for n in range(1, 65):
+            if mask >> (n - 1) & 1:
+                try:
+                    names.append(signal.Signals(n).name)
+                except ValueError:
+                    names.append(str(n))
+        out[key] = [n for n in names if key != "sig_ignored" or n not in PYTHON_IGNORES]
+    return out
+
+
+def _who() -> dict:
+    return {"pid": os.getpid(), "ppid": os.getppid(), "exe": os.path.abspath(sys.argv[0])}
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -149,9 +177,7 @@ def session(argv: list[str]) -> None:
     port_number = ((params.get("Parameters") or {}).get("portNumber") or [None])[0]
     sid = str(response.get("SessionId") or "")
     entry = {
-        "pid": os.getpid(),
-        "ppid": os.getppid(),
-        "exe": os.path.abspath(sys.argv[0]),
+        **_who(),
         "form": form,
         "argv": ["<response>" if form == "arg" else argv[0], *argv[1:]],
         "target": params.get("Target"),
@@ -162,6 +188,8 @@ def session(argv: list[str]) -> None:
         "endpoint": endpoint,
         "session_id": sid,
         "redeemed": None,
+        "ld_library_path": os.environ.get("LD_LIBRARY_PATH"),
+        **_signal_masks(),
     }
     mode = os.environ.get("RIG_PLUGIN_MODE", "")
     if mode == "early":
@@ -202,6 +230,7 @@ def _bridge(url: urllib.parse.SplitResult, mode: str) -> None:
 
 
 def version() -> None:
+    _log(_who(), ".version")
     print(os.environ.get("RIG_PLUGIN_VERSION") or DEFAULT_VERSION, flush=True)
     if os.environ.get("RIG_PLUGIN_VANISH_AFTER_VERSION") != "1":
         return

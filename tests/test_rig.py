@@ -311,6 +311,7 @@ def test_wait_for_call_orders_a_waiting_connect(rig: Rig, home: Home) -> None:
         assert rig.calls("StartSession") == []
         released = time.time()
         rig.release(iid)
+        (call,) = rig.wait_for_plugin_call(iid)
         out, err = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
@@ -318,6 +319,7 @@ def test_wait_for_call_orders_a_waiting_connect(rig: Rig, home: Home) -> None:
             proc.communicate()
     assert proc.returncode == 0, err
     assert out == "hello\n"
+    assert call["redeemed"] is True
     (start,) = rig.calls("StartSession")
     assert start["t"] >= released
     with pytest.raises(TimeoutError):

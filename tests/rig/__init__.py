@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,18 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
                 raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
             time.sleep(0.03)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def _wait_for(found: Callable[[], list[dict]], count: int, timeout: float, what: str) -> list[dict]:
+    """Poll found() every 0.05 s until it returns `count` items; TimeoutError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        items = found()
+        if len(items) >= count:
+            return items
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{len(items)} of {count} {what} after {timeout}s")
+        time.sleep(0.05)
 
 
 def old_v1_aws(venv: Path = V1_OLD_VENV) -> str | None:
@@ -459,14 +472,25 @@ class Rig:
         For ordering a test against the code under test ("once it has called StartInstances,
         release the instance") instead of sleeping. TimeoutError after `timeout` seconds.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [c for c in self.calls(action) if instance_id is None or instance_id in c["instance_ids"]]
-            if len(found) >= count:
-                return found
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{len(found)} of {count} {action} call(s) for {instance_id} after {timeout}s")
-            time.sleep(0.05)
+        return _wait_for(
+            lambda: [c for c in self.calls(action) if instance_id is None or instance_id in c["instance_ids"]],
+            count,
+            timeout,
+            f"{action} call(s) for {instance_id}",
+        )
+
+    def wait_for_plugin_call(self, instance_id: str | None = None, count: int = 1, timeout: float = 60.0) -> list[dict]:
+        """Wait until the plugin log holds `count` session calls (for `instance_id`); return them.
+
+        An entry is written once the token is redeemed, just before the plugin connects: from
+        then on the session's process is the plugin (e.g. to read /proc during a session).
+        """
+        return _wait_for(
+            lambda: [c for c in self.plugin_calls() if instance_id is None or c["target"] == instance_id],
+            count,
+            timeout,
+            f"plugin session call(s) for {instance_id}",
+        )
 
     def sessions(self) -> dict[str, dict]:
         """Sessions StartSession issued: {session id: {"target", "redeemed", "terminated"}}."""

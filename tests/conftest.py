@@ -51,11 +51,14 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         r.close()
 
 
-@pytest.fixture(params=["v1", "v2"])
+@pytest.fixture(params=["v1", "v1old", "v2"])
 def aws_variant(request: pytest.FixtureRequest, rig: Rig) -> str:
-    """Parametrize a test over aws CLI v1 (pip) and v2 (Debian; skipped if absent)."""
+    """Parametrize a test over aws CLI v1 (pip), v1 before 1.30.3 (the StartSession answer in argv)
+    and v2 (Debian); each skipped locally, failed in CI, if absent."""
     if request.param == "v2":
         require_v2(rig)
+    if request.param == "v1old":
+        require_v1_old(rig)
     return request.param
 
 

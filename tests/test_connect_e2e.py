@@ -161,7 +161,8 @@ def test_during_a_session_the_proxy_pid_is_the_plugin(rig: Rig, home: Home, pyz:
         assert len(tree) == 1, [cmdline(p) for p in tree]
         assert "session-manager-plugin" in cmdline(tree[0]) and f'"Target": "{iid}"' in cmdline(tree[0])
         (call,) = rig.plugin_calls()
-        assert call["pid"] == tree[0], "the plugin runs in the pid ssh started"
+        assert call["pid"] == tree[0] and call["ppid"] == proc.pid, "the plugin runs in the pid ssh started"
+        assert call["form"] == ("env" if aws_variant == "v1" else "arg"), "as this aws CLI passes the answer"
         ours = [
             p for p in _live_pids() if str(pyz) in cmdline(p) or ("start-session" in cmdline(p) and iid in cmdline(p))
         ]
@@ -205,11 +206,26 @@ def test_cold_connect_from_stopping(rig: Rig, home: Home, pyz: Path) -> None:
 
 
 def test_connect_waits_for_a_pending_instance(rig: Rig, home: Home, pyz: Path) -> None:
+    """Someone else started it: pending until the test says so, however slow the machine."""
     iid = rig.add_instance(state="stopped")
     rig.moto_client("ec2").start_instances(InstanceIds=[iid])
-    rig.set_instance(iid, started_now=True, pending_seconds=4, online_delay=5)  # our key push comes within 4 s
-    res = ssh(rig, home, pyz, iid, "echo ok")
+    rig.set_instance(iid, started_now=True, hold="pending")
+    proc = subprocess.Popen(
+        rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", "echo ok"),
+        env=rig.env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        rig.wait_for_call("SendSSHPublicKey", instance_id=iid, count=2)  # refused, then the wait's first probe
+        assert proc.poll() is None, "still waiting while pending"
+        rig.release(iid)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert res.returncode == 0, res.stderr
+    assert res.stdout == "ok\n"
     assert "Waiting for SSM connectivity..." in res.stderr
     assert f"Starting instance {iid}" not in res.stderr, "it was pending: started by someone else"
 

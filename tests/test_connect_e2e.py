@@ -164,8 +164,9 @@ def test_during_a_session_the_proxy_pid_is_the_plugin(rig: Rig, home: Home, pyz:
         assert call["pid"] == tree[0] and call["ppid"] == proc.pid, "the plugin runs in the pid ssh started"
         assert call["form"] == ("env" if aws_variant == "v1" else "arg"), "as this aws CLI passes the answer"
         ours = [
-            p for p in _live_pids() if str(pyz) in cmdline(p) or ("start-session" in cmdline(p) and iid in cmdline(p))
-        ]
+            p for p in _live_pids()
+            if p != proc.pid and (str(pyz) in cmdline(p) or ("start-session" in cmdline(p) and iid in cmdline(p)))
+        ]  # fmt: skip
         assert ours == [], [cmdline(p) for p in ours]
     finally:
         proc.wait(timeout=30)

@@ -198,8 +198,21 @@ def test_cold_connect_from_stopped(rig: Rig, home: Home, pyz: Path, aws_variant:
 
 def test_cold_connect_from_stopping(rig: Rig, home: Home, pyz: Path) -> None:
     iid = rig.add_instance(online_delay=1)
-    rig.begin_stopping(iid, seconds=15)  # longer than our first round, even on a loaded machine
-    res = ssh(rig, home, pyz, iid, "echo back")
+    rig.begin_stopping(iid)  # stopping until the test releases it
+    proc = subprocess.Popen(
+        rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", "echo back"),
+        env=rig.env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        rig.wait_for_call("DescribeInstances", instance_id=iid)  # it saw "stopping" and waits for "stopped"
+        assert proc.poll() is None
+        rig.release(iid)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "back\n"
     assert "stopping" in res.stderr

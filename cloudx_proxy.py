@@ -2538,7 +2538,7 @@ def run_session(run: ConnectRun) -> tuple[int, str | None]:
     run.session_started = time.monotonic()
     held, refused = session_stderr(run, proc, nonce.encode())
     rc = run.procs.reap(proc)
-    if rc != 0 or run.auth_doubt():
+    if (rc != 0 and not refused) or run.auth_doubt():  # a refusal says nothing of the key
         run.cache.forget()
     run.session_started = None
     if rc != 0 and refused:

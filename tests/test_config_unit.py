@@ -141,7 +141,8 @@ def test_insert_include_cases(text: str, expected: str) -> None:
 def test_insert_include_recognises_existing_forms() -> None:
     assert cp.insert_include('Include "/a b/config"\nHost x\n', "/a b/config") is None
     assert cp.insert_include("include /other /c\n", "/c") is None
-    assert cp.insert_include("Include /a b/config\n", "/a b/config") is None
+    # Unquoted, ssh reads two files ('/a' and '~/.ssh/b/config'): not ours; the user's line stays.
+    assert cp.insert_include("Include /a b/config\n", "/a b/config") == 'Include /a b/config\n\nInclude "/a b/config"\n'
     assert 'Include "/a b/config"' in (cp.insert_include("Host x\n", "/a b/config") or "")
 
 
@@ -367,7 +368,7 @@ def test_glob_overlap(a: str, b: str, overlap: bool) -> None:
 def test_cleanup_keeps_a_users_earlier_block_first_and_converts_the_prefix() -> None:
     text = "Host *\n    User me\n\nHost cloudx-dev-web\n    HostName i-1\n\nHost cloudx-*\n    User ec2-user\n"
     cleaned, _ = cp.canonical_config(text, WHEN)
-    assert cleaned.index("Host *\n") < cleaned.index("Host cloudx-*\n"), "both set User: the order stays"
+    assert cleaned.index("Host *\n") < cleaned.index("Host cloudx-* cloudX-*\n"), "both set User: the order stays"
     converted, _ = cp.canonical_config(ORIGINAL_017, WHEN, "cloudX")
     assert "Host cloudX-* cloudx-*\n" in converted and "Host cloudX-dev-* cloudx-dev-*\n" in converted
     assert "uvx cloudX-proxy connect" in converted and "Host cloudx-dev-web\n" in converted

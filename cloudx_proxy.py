@@ -4596,14 +4596,14 @@ def _widen_prefix(block: ConfigBlock, size: int, prefix: str | None, newline: st
 def repair_config(text: str, prefix: str | None = None) -> tuple[str, list[str]]:
     """cleanup's repairs, in place, as the original's cleanup makes them: our wildcard Host lines get
     every prefix spelling (_widen_prefix; with `prefix`, that spelling leads) and unquoted paths with
-    spaces in our blocks are quoted (requote_path_line). Returns the text and what was repaired."""
+    spaces in our blocks are quoted (requote_path_line); a leading BOM goes. Returns the text and notes."""
     newline = "\r\n" if "\r\n" in text else "\n"
     parsed = parse_cloudx_config(text)
     generic_patterns = {p.lower() for p in parsed["generic"]}
     env_patterns = {str(e["pattern"]).lower(): name for name, e in parsed["environments"].items()}
     hosts = {h["host"].lower() for h in parsed["hosts"]}
-    blocks = split_config(text)
-    notes = []
+    notes = ["removed the byte order mark at the start (ssh refuses the file with it)"] if text[:1] == "\ufeff" else []
+    blocks = split_config(text[1:] if notes else text)
     for block in blocks[1:]:
         words = block.words()
         lowered = {w.lower() for w in words}
@@ -4741,7 +4741,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         notes.extend(dropped)
         # Only the banners' dates changed: nothing to clean.
         same = [ln for ln in new.splitlines() if not ln.startswith("# Created by")] == [
-            ln for ln in old.lstrip("\ufeff").splitlines() if not ln.startswith("# Created by")
+            ln for ln in old.splitlines() if not ln.startswith("# Created by")
         ]
         return old if same else new
 

@@ -58,7 +58,13 @@ def test_canonical_order_and_duplicates() -> None:
     assert text.startswith("# my settings\nServerAliveInterval 30\n\n# Created by cloudX-proxy")
     order = [
         text.index(s)
-        for s in ("Host cloudX-* cloudx-*\n", "Host cloudX-dev-* cloudx-dev-*\n", "Host cloudX-dev-web\n", "Host mine\n", "Match host")
+        for s in (
+            "Host cloudX-* cloudx-*\n",
+            "Host cloudX-dev-* cloudx-dev-*\n",
+            "Host cloudX-dev-web\n",
+            "Host mine\n",
+            "Match host",
+        )
     ]
     assert order == sorted(order)
     assert "i-0123456789abcdef0" in text and "i-22222222" not in text, "ssh used the first: it stays"

@@ -4748,6 +4748,10 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     old, new = update_file(path, update, cache_dir(os.environ, home), args.dry_run)
     for note in notes:
         log(note)
+    parsed = parse_cloudx_config(new or old)
+    ours = parsed["generic"][:1] + [str(e["pattern"]) for e in parsed["environments"].values()]
+    for shadow in shadowing_catch_alls(new or old, ours):
+        log(f"warning: {shadow}: ssh uses its values for these hosts (kept there: it is yours)")
     if new is None:
         log(f"{path} is already clean")
     elif args.dry_run:
@@ -4838,11 +4842,12 @@ def moved_path(value: str, source: str, target: str, home: str, relative_to: str
 
 
 def _with_value(line: str, value: str, comment: str = "") -> str:
-    """A config line with its value replaced: indentation, keyword and line ending kept."""
-    head = re.match(r"\s*[A-Za-z][A-Za-z0-9]*(?:\s*=\s*|\s+)", line)
+    """A config line with its value replaced: indentation, keyword (quoted or not) and line ending kept."""
+    found = split_directive(line)
+    head = line[: len(line) - len(found[1])] if found else ""
     body = line.rstrip("\r\n")
     ending = line[len(body) :]
-    return (head.group(0) if head else "") + value + (f" # {comment}" if comment else "") + ending
+    return head + value + (f" # {comment}" if comment else "") + ending
 
 
 def migrate_proxy_command(value: str, source: str, target: str, home: str, add: dict[str, str]) -> str | None:
@@ -4918,8 +4923,7 @@ def migrate_config_text(
             continue
         keyword, value, comment = parsed
         if keyword == "proxycommand":
-            raw = line.strip().lstrip("\ufeff")
-            raw = re.sub(r"^[A-Za-z]+(?:\s*=\s*|\s+)", "", raw)
+            raw = (split_directive(line) or ("", ""))[1].strip()  # '"ProxyCommand" …' too
             new = migrate_proxy_command(raw, source, target, home, add or {})
             if new is not None:
                 line = _with_value(line, new)

@@ -423,3 +423,22 @@ def test_prefix_spellings_as_the_original() -> None:
     assert cp.prefix_spellings("cloudX") == ["cloudX", "cloudx"]
     assert cp.prefix_spellings("cloudx") == ["cloudx", "cloudX"]
     assert cp.prefix_spellings("MyCo") == ["MyCo", "myco"] and cp.prefix_spellings("co") == ["co"]
+
+
+def test_migrate_reads_a_quoted_keyword() -> None:
+    text = '"ProxyCommand" uvx cloudx-proxy connect %h %p\n\t"IdentityFile" /h/.ssh/vscode/vscode\n'
+    out, notes = cp.migrate_config_text(text, "/h/.ssh/vscode", "/h/.ssh/cloudX", "/h", {"--profile": "vscode"})
+    assert (
+        out
+        == '"ProxyCommand" uvx cloudx-proxy connect %h %p --profile vscode\n\t"IdentityFile" /h/.ssh/cloudX/vscode\n'
+    )
+    assert notes == []
+
+
+def test_shadowing_catch_all_is_named() -> None:
+    text = "Host * !x\n    User me\n\nMatch all\n    Port 2\n\nHost cloudX-*\n    User ec2-user\n    Port 22\n"
+    assert cp.shadowing_catch_alls(text, ["cloudX-*"]) == [
+        "'Host * !x' (sets user) is above Host cloudX-*",
+        "'Match all' (sets port) is above Host cloudX-*",
+    ]
+    assert cp.shadowing_catch_alls("Host cloudX-*\n    User a\nHost *\n    User b\n", ["cloudX-*"]) == []

@@ -1120,7 +1120,7 @@ def adopt_config(text: str, program: list[str], when: str, windows: bool = False
         if not kind:
             continue
         if requote_paths(block):
-            notes.append(f"Host {' '.join(block.words())}: quoted a path with spaces (ssh refused it unquoted)")
+            notes.append(f"repaired Host {' '.join(block.words())}: quoted a path with spaces (ssh refused it)")
         if kind == "host":
             continue
         adopted = False
@@ -3619,8 +3619,8 @@ def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str
     def update(old: str) -> str:
         text, adopted = adopt_config(old, program, s.when, s.windows)
         for note in adopted:
-            log(f"  adopting {note}")
-        s.adopted += adopted
+            log(f"  {note}" if note.startswith("repaired ") else f"  adopting {note}")
+        s.adopted += [note for note in adopted if not note.startswith("repaired ")]
         env_name, host = existing_names(text, s.prefix, env, hostname)
         if env_name != env:
             log(f"  using the existing environment '{env_name}' (matched '{env}')")
@@ -3914,6 +3914,7 @@ def list_json(
             {
                 "name": h["environment"],
                 "pattern": info.get("pattern"),
+                "patterns": info.get("patterns"),
                 "profile": opts.get("profile"),
                 "ssh_key": opts.get("ssh-key"),
                 "ssh_dir": opts.get("ssh-dir"),
@@ -3931,6 +3932,7 @@ def list_json(
     return {
         "config": path,
         "generic": parsed["generic"],
+        "generic_lines": parsed["generic_lines"],
         "environments": [out_envs[k] for k in sorted(out_envs, key=str.lower)],
     }
 

@@ -7,6 +7,7 @@ the real `ssh -G` of the affected hosts before and after.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -152,6 +153,9 @@ def test_wildcard_blocks_carry_both_spellings_as_the_original_writes_them(
     assert ssh_g(config, "mybox")[0]["hostname"] == ["192.0.2.10"]
     listed = pyz_run(rig, home, pyz, "list", "--detailed", "--ssh-config", str(config)).stdout
     assert f"Generic Patterns:\n  {prefix}-* {other}-*\n  {prefix}-dev-* {other}-dev-*\n" in listed, listed
+    data = json.loads(pyz_run(rig, home, pyz, "list", "--json", "--ssh-config", str(config)).stdout)
+    assert data["generic_lines"] == [f"{prefix}-* {other}-*"]
+    assert data["environments"][0]["patterns"] == [f"{prefix}-dev-*", f"{other}-dev-*"]
 
 
 # --- 3. cleanup repairs an environment block in the other spelling -----------------------------------

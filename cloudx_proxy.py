@@ -147,14 +147,17 @@ def paint(word: str, text: str | None = None) -> str:
 
 
 def log(msg: str) -> None:
-    """Print a progress line on stderr."""
-    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+    """Print a progress line on stderr (best effort: a closed terminal must not end a connect)."""
+    try:
+        print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def debug(msg: str) -> None:
     """Print a debug line on stderr when --verbose is on."""
     if _VERBOSE:
-        print(f"{PROG}: debug: {msg}", file=sys.stderr, flush=True)
+        log(f"debug: {msg}")
 
 
 def quote_argv(argv: list[str]) -> str:
@@ -545,7 +548,9 @@ def cache_dir(environ: Mapping[str, str], home: str) -> str:
     """
     if os.name == "nt" and environ.get("LOCALAPPDATA"):
         return os.path.join(environ["LOCALAPPDATA"], "cloudx-proxy")
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    base = environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # the XDG spec: a relative path is invalid and must be ignored
+        base = os.path.join(home, ".cache")
     return os.path.join(base, "cloudx-proxy")
 
 
@@ -1828,187 +1833,304 @@ def run_cmd(argv: list[str], timeout: float, env: dict[str, str] | None = None) 
     return subprocess.CompletedProcess(argv, rc, out, err)
 
 
+class SshGone(BaseException):
+    """ssh went away while connect waited: every child is stopped and connect exits (not a CloudxError)."""
+
+
+def _ssh_gone_signal(signum: int, _frame: object) -> None:
+    """SIGHUP/SIGTERM handler: unwind connect from wherever it waits (once: the clean-up is not interrupted)."""
+    import signal
+
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise SshGone(signal.Signals(signum).name)
+
+
+class SshWatch:
+    """How a waiting connect notices that ssh went away (POSIX).
+
+    ssh killed while it is still connecting sends us no signal; its pipes on
+    our fds 0 and 1 close, and we are orphaned. Every wait of connect (for a
+    child's output, or between poll rounds) is one poll() that also watches
+    those fds for a hang-up (Linux reports it whatever the mask; macOS needs
+    POLLHUP asked for) and looks at our parent at least twice a second, which
+    works even where poll() reports nothing for a pipe.
+    """
+
+    TICK = 0.5
+
+    def __init__(self) -> None:
+        import signal
+
+        self.ppid = os.getppid()
+        self.fds = [fd for fd in (0, 1) if _fd_open(fd)]
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, _ssh_gone_signal)
+
+    def check(self) -> None:
+        """SshGone if our parent (ssh) is gone."""
+        if os.getppid() != self.ppid:
+            raise SshGone("our parent process went away")
+
+    def wait(self, reads: list[int], deadline: float) -> list[int]:
+        """Wait until one of ``reads`` is readable (those returned) or the deadline; SshGone if ssh goes."""
+        import select
+
+        poller = select.poll()
+        for fd in reads:
+            poller.register(fd, select.POLLIN)
+        for fd in self.fds:
+            poller.register(fd, select.POLLHUP)
+        while True:
+            self.check()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            ready = []
+            for fd, events in poller.poll(min(left, self.TICK) * 1000):
+                if fd in self.fds and events & select.POLLNVAL:
+                    poller.unregister(fd)
+                    self.fds.remove(fd)
+                elif fd in self.fds:
+                    raise SshGone(f"its pipe on our fd {fd} closed")
+                else:
+                    ready.append(fd)
+            if ready:
+                return ready
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, ending early with SshGone if ssh goes away."""
+        self.wait([], time.monotonic() + seconds)
+
+
+def _fd_open(fd: int) -> bool:
+    """True if the descriptor is open."""
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+# The guard: a small sh that holds the pids of our live children and kills them when its
+# stdin (a pipe only we write) closes, which happens however we die, SIGKILL included.
+GUARD_SH = r"""p=' '
+while read -r x; do
+  case $x in
+    -*) x=${x#-}; case $p in *" $x "*) p="${p%% $x *} ${p#* $x }";; esac;;
+    *) p="$p$x ";;
+  esac
+done
+[ -n "${p# }" ] && kill -KILL $p 2>/dev/null
+exit 0"""
+
+
+class Guard:
+    """The sh that kills our children if we die without stopping them (POSIX; started with the first child)."""
+
+    def __init__(self) -> None:
+
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.failed = False
+
+    def _write(self, line: str) -> None:
+        import subprocess
+
+        if self.failed:
+            return
+        try:
+            if self.proc is None:
+                self.proc = subprocess.Popen(
+                    ["/bin/sh", "-c", GUARD_SH],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            assert self.proc.stdin is not None
+            os.write(self.proc.stdin.fileno(), line.encode() + b"\n")
+        except OSError as e:
+            debug(f"no guard process ({e}): a child may outlive a killed connect")
+            self.failed = True
+
+    def add(self, pid: int) -> None:
+        """A child is ours: kill it if we die."""
+        self._write(str(pid))
+
+    def remove(self, pid: int) -> None:
+        """A child has exited (not yet reaped): forget it."""
+        self._write(f"-{pid}")
+
+    def close(self) -> None:
+        """Every child is reaped: let the guard end, and reap it."""
+        if self.proc is not None:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            self.proc.wait()
+            self.proc = None
+
+
 class ProcessSet:
     """The child processes of one command: the one owner of which pids are ours.
 
-    With ``grouped`` (connect, POSIX) each child leads its own process group, so
-    aws and whatever it starts (the plugin, a credential_process) are stopped
-    together. A child is signalled only while it is registered here, and it
-    leaves the set and is reaped under the same lock: until then its pid and
-    group id cannot belong to anyone else.
+    Children stay in our process group, so that one that prompts on the
+    terminal (aws asking for an MFA code, a credential_process) can read it.
+    A child leaves the set only once it has exited, and is reaped then, so a
+    pid is signalled only while it is ours. connect adds an SshWatch (its waits
+    end when ssh goes away) and a Guard (its children die with it).
     """
 
-    def __init__(self, grouped: bool = False) -> None:
-        import threading
-
-        self.lock = threading.Lock()
+    def __init__(self, watch: SshWatch | None = None, guard: Guard | None = None) -> None:
         self.live: list[subprocess.Popen[bytes]] = []
-        self.paths: list[str] = []  # private directories to remove when the command ends
-        self.grouped = grouped and os.name != "nt"
-        self.closed = False
-        self.hangup = False  # set by the watcher: ssh went away, this process is ending
+        self.watch, self.guard = watch, guard
 
     def spawn(self, argv: list[str], env: dict[str, str] | None, **kw: Any) -> subprocess.Popen[bytes]:
         """Start a child (signals such as SIGPIPE back at their defaults: Popen's restore_signals)."""
         import subprocess
 
-        if self.grouped:
-            if sys.version_info >= (3, 11):
-                kw["process_group"] = 0
-            else:
-                kw["preexec_fn"] = os.setpgrp
-        with self.lock:
-            if self.closed:
-                raise CloudxError(f"ssh went away; not starting {os.path.basename(argv[0])}")
-            proc = subprocess.Popen(argv, env=env, **kw)
-            self.live.append(proc)
+        if self.watch is not None:
+            self.watch.check()
+        proc = subprocess.Popen(argv, env=env, **kw)
+        self.live.append(proc)
+        if self.guard is not None:
+            self.guard.add(proc.pid)
         return proc
 
-    def run(self, argv: list[str], env: dict[str, str] | None, timeout: float) -> tuple[int, str, str]:
-        """Run a child with captured output: (exit code, stdout, stderr); missing or too slow is a CloudxError."""
+    def start(self, argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+        """Start a child with captured output; a missing program is a CloudxError."""
         import subprocess
 
         if _VERBOSE:
             debug("run: " + quote_argv(argv))
-        started = time.monotonic()
         try:
-            proc = self.spawn(argv, env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            return self.spawn(argv, env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except FileNotFoundError:
             raise CloudxError(f"{argv[0]} not found", AWS_INSTALL_HINT if "aws" in argv[0] else None) from None
-        return self.output(proc, argv, started, timeout)
 
-    def output(
-        self, proc: subprocess.Popen[bytes], argv: list[str], started: float, timeout: float
-    ) -> tuple[int, str, str]:
-        """Read a child's output to its end and reap it: (exit code, stdout, stderr); too slow is a CloudxError."""
+    def run(self, argv: list[str], env: dict[str, str] | None, timeout: float) -> tuple[int, str, str]:
+        """Run a child with captured output: (exit code, stdout, stderr); missing or too slow is a CloudxError."""
+        return self.results([(argv, self.start(argv, env))], time.monotonic() + timeout)[0]
+
+    def results(
+        self, started: list[tuple[list[str], subprocess.Popen[bytes]]], deadline: float
+    ) -> list[tuple[int, str, str]]:
+        """Read started children's output to its end and reap them: (exit code, stdout, stderr) each.
+
+        Past the deadline every one of them is stopped and that is a CloudxError.
+        """
+        t0 = time.monotonic()
         try:
-            out, err = self.collect(proc, started + timeout)
+            outputs = self.collect([p for _, p in started], deadline)
         except TimeoutError:
-            self.stop(proc)
+            for _, proc in started:
+                self.stop(proc)
+            argv = started[0][0]
             raise CloudxError(
-                f"{os.path.basename(argv[0])} {' '.join(argv[1:3])} did not finish within {timeout:.0f} s",
+                f"{os.path.basename(argv[0])} {' '.join(argv[1:3])} did not finish within {deadline - t0:.0f} s",
                 "check the network connection to AWS",
             ) from None
-        except BaseException:  # Ctrl-C in setup: the child goes too
-            self.stop(proc)
+        except BaseException:  # Ctrl-C, ssh gone: the children go too
+            for _, proc in started:
+                self.stop(proc)
             raise
-        rc = self.reap(proc)
-        debug(f"exit {rc} after {time.monotonic() - started:.2f} s: {' '.join(argv[1:3])}")
-        return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        out = []
+        for (argv, proc), (stdout, stderr) in zip(started, outputs):
+            rc = self.reap(proc)
+            debug(f"exit {rc} after {time.monotonic() - t0:.2f} s: {' '.join(argv[1:3])}")
+            out.append((rc, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")))
+        return out
 
-    @staticmethod
-    def collect(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
-        """Read stdout and stderr to their end (without reaping the child); TimeoutError past the deadline."""
-        assert proc.stdout is not None and proc.stderr is not None
+    def collect(self, procs: list[subprocess.Popen[bytes]], deadline: float) -> list[tuple[bytes, bytes]]:
+        """Read the children's stdout and stderr to their end (without reaping); TimeoutError past the deadline."""
         if os.name == "nt":
             import subprocess
 
             try:
-                return proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+                return [p.communicate(timeout=max(0.0, deadline - time.monotonic())) for p in procs]
             except subprocess.TimeoutExpired:
                 raise TimeoutError from None
-        import selectors
+        chunks: dict[int, list[bytes]] = {}
+        for p in procs:
+            assert p.stdout is not None and p.stderr is not None
+            chunks[p.stdout.fileno()], chunks[p.stderr.fileno()] = [], []
+        open_fds = list(chunks)
+        while open_fds:
+            for fd in self.readable(open_fds, deadline):
+                data = os.read(fd, 65536)
+                if data:
+                    chunks[fd].append(data)
+                else:
+                    open_fds.remove(fd)
+        out = []
+        for p in procs:
+            assert p.stdout is not None and p.stderr is not None
+            out.append((b"".join(chunks[p.stdout.fileno()]), b"".join(chunks[p.stderr.fileno()])))
+            p.stdout.close()
+            p.stderr.close()
+        return out
 
-        chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
-        with selectors.DefaultSelector() as sel:
-            for f in (proc.stdout, proc.stderr):
-                sel.register(f, selectors.EVENT_READ)
-            while sel.get_map():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                for key, _ in sel.select(left):
-                    data = os.read(key.fd, 65536)
-                    if data:
-                        chunks[key.fd].append(data)
-                    else:
-                        sel.unregister(key.fileobj)
-        out, err = b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()])
-        proc.stdout.close()
-        proc.stderr.close()
-        return out, err
+    def readable(self, fds: list[int], deadline: float) -> list[int]:
+        """The fds that can be read; TimeoutError past the deadline (SshGone under a watch when ssh goes)."""
+        if self.watch is not None:
+            ready = self.watch.wait(fds, deadline)
+        else:
+            import select
 
-    def exited(self, proc: subprocess.Popen[bytes], block: bool = False) -> bool:
+            ready = select.select(fds, [], [], max(0.0, deadline - time.monotonic()))[0]
+        if not ready:
+            raise TimeoutError
+        return ready
+
+    def exited(self, proc: subprocess.Popen[bytes]) -> bool:
         """True once the child has exited; on POSIX it is left unreaped, so its pid stays ours."""
         if proc.returncode is not None:
             return True
         if not hasattr(os, "waitid"):  # Windows, macOS before Python 3.13
-            if block:
-                proc.wait()
             return proc.poll() is not None
-        flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
         try:
-            return os.waitid(os.P_PID, proc.pid, flags) is not None
-        except ChildProcessError:  # reaped meanwhile by another thread
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None
+        except ChildProcessError:
             return True
 
     def reap(self, proc: subprocess.Popen[bytes]) -> int:
-        """Wait for a child to exit, then forget and reap it; its exit code."""
-        self.exited(proc, block=True)
-        with self.lock:
-            if proc in self.live:
-                self.live.remove(proc)
-            return proc.wait()
+        """Wait for a child to exit, then forget and reap it; its exit code.
 
-    def signal(self, proc: subprocess.Popen[bytes], sig: int) -> None:
-        """Signal a registered child and its group; nothing once it is reaped (its pid may be reused)."""
-        with self.lock:
-            if proc not in self.live or proc.returncode is not None:
-                return
+        The guard forgets the pid while the child is a zombie, before the pid can be reused.
+        """
+        if hasattr(os, "waitid") and proc.returncode is None:
             try:
-                if os.name == "nt":
-                    proc.terminate()
-                elif self.grouped:
-                    os.killpg(proc.pid, sig)
-                else:
-                    os.kill(proc.pid, sig)
-            except OSError:
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
                 pass
+        rc = proc.wait() if not hasattr(os, "waitid") else None
+        if proc in self.live:
+            self.live.remove(proc)
+            if self.guard is not None:
+                self.guard.remove(proc.pid)
+        return proc.wait() if rc is None else rc
 
     def stop(self, proc: subprocess.Popen[bytes], grace: float = 1.0) -> int:
-        """Stop a child and its group: SIGTERM, SIGKILL after grace (and for stragglers); reap it."""
-        import signal
-
-        self.signal(proc, signal.SIGTERM)
-        end = time.monotonic() + grace
-        while not self.exited(proc) and time.monotonic() < end:
-            time.sleep(0.01)
-        self.signal(proc, getattr(signal, "SIGKILL", signal.SIGTERM))
-        return self.reap(proc)
-
-    def stop_all(self, grace: float = 1.0) -> None:
-        """Stop every child (SIGTERM, then SIGKILL after grace), start no more, remove our directories."""
-        import signal
-
-        with self.lock:
-            self.closed = True
-            procs = list(self.live)
-        for proc in procs:
-            self.signal(proc, signal.SIGTERM)
-        end = time.monotonic() + grace
-        while not all(self.exited(p) for p in procs) and time.monotonic() < end:
-            time.sleep(0.01)
-        for proc in procs:  # also what an exited aws left behind in its group
-            self.signal(proc, getattr(signal, "SIGKILL", signal.SIGTERM))
-        self.remove_paths()
-
-    def remove_paths(self) -> None:
-        """Remove our private directories (and the files in them)."""
-        while self.paths:
-            remove_private_dir(self.paths.pop())
-
-
-def remove_private_dir(path: str) -> None:
-    """Remove a directory of ours with the files in it (no recursion, no symlinks followed)."""
-    try:
-        for name in os.listdir(path):
+        """Stop a child: SIGTERM, SIGKILL after grace; reap it."""
+        if proc.returncode is None and proc in self.live:
             try:
-                os.unlink(os.path.join(path, name))
+                proc.terminate()
+                end = time.monotonic() + grace
+                while not self.exited(proc) and time.monotonic() < end:
+                    time.sleep(0.01)
+                if not self.exited(proc):
+                    proc.kill()
             except OSError:
                 pass
-        os.rmdir(path)
-    except OSError:
-        pass
+        return self.reap(proc)
+
+    def stop_all(self) -> None:
+        """Stop every child that is still ours, then let the guard go."""
+        for proc in list(self.live):
+            self.stop(proc, grace=0.5)
+        if self.guard is not None:
+            self.guard.close()
 
 
 class Aws:
@@ -2029,24 +2151,16 @@ class Aws:
         self.path, self.profile, self.region, self.env = path, profile, region, env
         self.instance_id = instance_id
         self.procs = procs if procs is not None else ProcessSet()
-        self.gates: GateDir | None = None  # set by a connect that can start aws processes ahead of time
-        self.ready: dict[tuple[str, ...], Gate] = {}  # prepared calls, by their args
 
     def argv(self, args: list[str]) -> list[str]:
         """The full argv for an aws call."""
         return [self.path, *args, *aws_base_args(self.profile, self.region)]
 
     def __call__(self, args: list[str], timeout: float = AWS_CALL_TIMEOUT) -> Any:
-        """Run ``aws ARGS`` (or let its prepared process through) and return its parsed JSON.
+        """Run ``aws ARGS`` and return its parsed JSON; failures raise a classified CloudxError."""
+        return self.answer(args, *self.procs.run(self.argv(args), self.env, timeout))
 
-        Failures raise a classified CloudxError.
-        """
-        gate = self.ready.pop(tuple(args), None)
-        if gate is not None:
-            return self._finish(gate, timeout)
-        return self._answer(args, *self.procs.run(self.argv(args), self.env, timeout))
-
-    def _answer(self, args: list[str], rc: int, out: str, err: str) -> Any:
+    def answer(self, args: list[str], rc: int, out: str, err: str) -> Any:
         """The parsed JSON of a finished call, or its classified CloudxError raised."""
         if rc != 0:
             op = "".join(w.capitalize() for w in args[1].split("-")) if len(args) > 1 else args[0]
@@ -2058,95 +2172,6 @@ class Aws:
         except ValueError:
             raise CloudxError(f"unexpected output from aws {' '.join(args[:2])}") from None
 
-    def prepare(self, args: list[str], niceness: int = 0) -> None:
-        """Start ``aws ARGS`` now, held at a gate: the next call with these args lets it through.
-
-        Nothing without gates (the call then starts its process when made).
-        ``niceness``: a call that may not be needed starts at a lower CPU
-        priority, so that it does not slow down the calls that are.
-        """
-        if tuple(args) not in self.ready:
-            gate = self._gated(args, niceness)
-            if gate is not None:
-                self.ready[tuple(args)] = gate
-
-    def _gated(self, args: list[str], niceness: int = 0) -> Gate | None:
-        """An aws child for ARGS, blocked at a new gate (None: no gates here)."""
-        import subprocess
-
-        fifo = self.gates.fifo() if self.gates else None
-        if fifo is None:
-            return None
-        argv = [*self.argv(args), "--cli-input-json", "file://" + fifo]
-        if _VERBOSE:
-            debug("prepared: " + quote_argv(argv))
-        try:
-            proc = self.procs.spawn(
-                argv, self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-            )
-        except FileNotFoundError:
-            raise CloudxError(f"{self.path} not found", AWS_INSTALL_HINT) from None
-        if niceness:
-            try:  # the pid is ours: registered and not reaped
-                os.setpriority(os.PRIO_PROCESS, proc.pid, niceness)
-            except OSError as e:
-                debug(f"cannot lower the priority of {proc.pid}: {e}")
-        return Gate(proc, fifo, b"{}", args, spare=niceness > 0)
-
-    def _stop(self, gate: Gate) -> None:
-        """Stop a prepared child that is not let through."""
-        self.procs.stop(gate.proc, grace=0.2)
-        gate.close()
-
-    def _race(self, spare: Gate, deadline: float) -> Gate:
-        """A spare still starting at its low priority (a busy machine) races a new child at normal priority.
-
-        On a quiet machine the spare reaches its gate within SPARE_GRACE_SECONDS
-        of being needed, or of GATE_LEAD_SECONDS after its start if it is needed
-        younger (a new child would not be faster). Past that, the first to reach
-        its gate is let through, the other stopped: lowering a child's priority
-        cannot be undone without privileges.
-        """
-        grace = max(time.monotonic(), spare.born + GATE_LEAD_SECONDS) + SPARE_GRACE_SECONDS
-        while not spare.waiting():
-            if time.monotonic() > grace or self.procs.exited(spare.proc):
-                break
-            time.sleep(0.005)
-        else:
-            return spare
-        fresh = self._gated(spare.args)
-        if fresh is None:
-            return spare
-        debug(f"{' '.join(spare.args[:2])}: the spare is still starting; racing a new one")
-        while True:
-            for gate, other in ((spare, fresh), (fresh, spare)):
-                if gate.waiting():
-                    self._stop(other)
-                    return gate
-            if all(self.procs.exited(g.proc) for g in (spare, fresh)) or time.monotonic() > deadline:
-                self._stop(spare)
-                return fresh  # released, it says why it ended
-            time.sleep(0.005)
-
-    def _finish(self, gate: Gate, timeout: float) -> Any:
-        """Let a prepared call through and return its answer."""
-        started = time.monotonic()
-        if gate.spare:
-            gate = self._race(gate, started + timeout)
-        released = gate.release(self.procs, started + timeout)
-        rc, out, err = self.procs.output(gate.proc, [self.path, *gate.args], started, timeout)
-        if not released and rc == 0:
-            rc, err = 1, err + f"\naws {' '.join(gate.args[:2])} ended before it was let through"
-        return self._answer(gate.args, rc, out, err)
-
-    def discard(self, args: list[str] | None = None) -> None:
-        """Stop a prepared call that is not needed (all of them without args)."""
-        keys = [tuple(args)] if args is not None else list(self.ready)
-        for key in keys:
-            gate = self.ready.pop(key, None)
-            if gate is not None:
-                self._stop(gate)
-
     def interactive(self, args: list[str]) -> int:
         """Run an aws command on the user's terminal (aws configure); returns its exit code."""
         import subprocess
@@ -2155,43 +2180,24 @@ class Aws:
             debug("run: " + quote_argv([self.path, *args]))
         return subprocess.call([self.path, *args], env=self.env)
 
-    def many(self, calls: dict[str, list[str]], at: float | None = None) -> dict[str, Any]:
-        """Run independent aws calls side by side; each result is its JSON or its CloudxError.
-
-        ``at`` (a time.monotonic() value): the calls are due then. With gates
-        their processes start GATE_LEAD_SECONDS earlier, so that their requests
-        go out on time instead of after the aws start-up.
-        """
-        if at is not None:
-            lead = at - time.monotonic()
-            if self.gates is not None and lead > GATE_MIN_LEAD_SECONDS:
-                time.sleep(max(0.0, lead - GATE_LEAD_SECONDS))
-                for args in calls.values():
-                    self.prepare(args)
-            time.sleep(max(0.0, at - time.monotonic()))
-        if len(calls) == 1:
-            ((name, args),) = calls.items()
-            return {name: self._capture(args)}
-        import threading
-
-        results: dict[str, Any] = {}
-
-        def work(name: str, args: list[str]) -> None:
-            results[name] = self._capture(args)
-
-        threads = [threading.Thread(target=work, args=item, daemon=True) for item in calls.items()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return results
-
-    def _capture(self, args: list[str]) -> Any:
-        """An answer, or the CloudxError it raised."""
+    def many(self, calls: dict[str, list[str]], timeout: float = AWS_CALL_TIMEOUT) -> dict[str, Any]:
+        """Run independent aws calls side by side; each result is its JSON or its CloudxError."""
+        names = list(calls)
+        started: list[tuple[list[str], subprocess.Popen[bytes]]] = []
         try:
-            return self(args)
-        except CloudxError as e:
-            return e
+            for n in names:
+                started.append((self.argv(calls[n]), self.procs.start(self.argv(calls[n]), self.env)))
+        except BaseException:
+            for _, proc in started:
+                self.procs.stop(proc)
+            raise
+        results: dict[str, Any] = {}
+        for name, (rc, out, err) in zip(names, self.procs.results(started, time.monotonic() + timeout)):
+            try:
+                results[name] = self.answer(calls[name], rc, out, err)
+            except CloudxError as e:
+                results[name] = e
+        return results
 
 
 # ---------------------------------------------------------------------------
@@ -2236,6 +2242,21 @@ def aws_instance_state(aws: Aws, instance_id: str) -> str:
 # ---------------------------------------------------------------------------
 # connect
 # ---------------------------------------------------------------------------
+# Which processes exist, and who owns what. ssh starts us (the ProxyCommand, in ssh's
+# process group: on a terminal, the foreground one, so an aws child can prompt for an MFA
+# code). While we connect, at most two aws children run at once (a cold-wait round asks
+# SSM and pushes the key side by side; otherwise one), each for one call, plus a small sh,
+# the Guard, that kills them if we die however we die; every wait also watches for ssh
+# going away (SshWatch). The session is `aws ssm start-session` on ssh's stdin/stdout with
+# a private directory first on its PATH: the session-manager-plugin there is our stand-in,
+# which hands the plugin's argv and the StartSession answer back on its stderr (a pipe to
+# us) and exits. We then stop aws, let the Guard go, and exec the real plugin: from then on
+# the pid ssh started is session-manager-plugin and nothing of ours runs, except, after a
+# reused key push, a forked watcher that lives AUTH_FAILURE_SECONDS at most. State: the
+# plan and the children are this process's; the key-push record, the start and Online
+# markers, the locks and the stand-in live in our private cache directory and are shared
+# by concurrent connects. Rule: on the warm path, start no process whose work may be thrown
+# away (the instance is started only after the key push says it is not running).
 class ConnectPlan:
     """Everything connect decided before talking to AWS (validated, resolved)."""
 
@@ -2449,12 +2470,8 @@ class PushCache:
             pass
 
 
-# --- the processes of one connect: ssh going away ends them all ----------------
-# The process ssh started stays for the whole connect and owns every piece of
-# its state: the children (ProcessSet), the gate (a FIFO in a fresh private
-# directory) and the exit code (its own).
-NO_GATE_ENV = "CLOUDX_PROXY_NO_GATE"  # tests: run the no-FIFO path (Windows') on POSIX
-STALE_GATE_SECONDS = 3600.0
+# --- constants of connect ---------------------------------------------------------
+NO_HANDOFF_ENV = "CLOUDX_PROXY_NO_HANDOFF"  # tests: the path without exec (Windows') on POSIX
 # StartSession refusals that come before the session carried any byte (the aws
 # CLI exits 255 without reading stdin): the connect then checks the instance.
 SESSION_REFUSED_RE = re.compile(r"An error occurred \(([A-Za-z0-9.]+)\) when calling the StartSession operation")
@@ -2465,215 +2482,148 @@ SESSION_REFUSALS = (
     "IncorrectInstanceState",
     "EC2InstanceStateInvalidException",
 )
-# One poll round of the cold wait lasts about this long (each aws process costs
-# most of a CPU second; the reference sleeps 3 s between its polls).
+# The cold wait polls where the answer can change. No instance registers with SSM this
+# soon after its start (t3.micro: 30-45 s; larger ones 60-90 s), so a young instance is
+# looked at only at these ages (a short boot, a stop), and from then on every POLL_SECONDS.
+YOUNG_POLL_AGES = (5.0, 10.0)
+ONLINE_EARLIEST_SECONDS = 15.0
 POLL_SECONDS = 2.0
-# A poll round's aws processes start this long before the round is due (an aws
-# process takes about 0.7-1.2 s to start here), when it is due at least
-# GATE_MIN_LEAD_SECONDS from now.
-GATE_LEAD_SECONDS = 1.5
-GATE_MIN_LEAD_SECONDS = 0.3
-# The start-instances a connect prepares in case the instance is stopped runs at
-# this nice value: on a warm connect it must not take CPU from the key push and
-# the session (measured on 2 cores: +0.45 s at nice 0, +0.1 s at nice 19).
-SPECULATIVE_NICENESS = 10
-# How long a needed spare may take to reach its gate before a new child races it (on 2 quiet
-# cores it needs about 0.4 s more once the key push is refused).
-SPARE_GRACE_SECONDS = 0.6
+# A round's aws processes start this much before the round is due, so that their
+# requests go out on time (an aws process takes 0.6-1.2 s to start).
+AWS_STARTUP_SECONDS = 0.8
 # Another connect's "Online" (it polled while we waited for its lock) is used this long.
 ONLINE_SHARE_SECONDS = 20.0
-# A session on a reused key push that ssh ends this soon may be a refused key: forget the push.
+# A session on a reused key push that ends this soon may be a refused key: forget the push.
 AUTH_FAILURE_SECONDS = 5.0
+SSM_RESPONSE_ENV = "AWS_SSM_START_SESSION_RESPONSE"
 
 
-def _ignore_signal(_signum: int, _frame: object) -> None:
-    """Python-level handler: the watcher thread reacts (through the wakeup fd)."""
+# --- the hand-off: the process ssh started becomes session-manager-plugin --------------
+# aws runs session-manager-plugin by its bare name from PATH: once with --version (aws
+# v1 >= 1.30.3, v2 >= 2.13.37; a version above 1.2.497.0 gets the StartSession answer in
+# AWS_SSM_START_SESSION_RESPONSE), then with RESPONSE_OR_ENVNAME REGION StartSession
+# PROFILE PARAMETERS ENDPOINT. The stand-in answers --version with the real plugin (so
+# aws decides the form as without us) and hands the session call back to us, framed by
+# a per-connect nonce. printf is a shell builtin: the token appears in no process list.
+STAND_IN_SH = r"""#!/bin/sh
+# cloudx-proxy's stand-in for session-manager-plugin: see "hand-off" in cloudx_proxy.py.
+if [ "$#" -ge 6 ] && [ "$3" = StartSession ] && [ -n "${CLOUDX_PROXY_HANDOFF-}" ]; then
+  r=
+  case $1 in
+    *[!A-Za-z0-9_]*) ;;
+    AWS_SSM_START_SESSION_RESPONSE*) eval "r=\${$1-}" ;;
+  esac
+  printf '\n%s\0%s\0' "$CLOUDX_PROXY_HANDOFF" "$#" >&2 &&
+    printf '%s\0' "$@" "$r" >&2 &&
+    printf '%s\n' "$CLOUDX_PROXY_HANDOFF" >&2 &&
+    exit 0
+  exit 1
+fi
+exec "${CLOUDX_PROXY_PLUGIN:?}" "$@"
+"""
 
 
-def watch_ssh(procs: ProcessSet, on_hangup: Callable[[], int]) -> bool:
-    """End the connect when ssh goes away: SIGHUP, SIGTERM, SIGINT, or our stdin/stdout closing.
+def parse_handoff(data: bytes, nonce: bytes) -> tuple[list[str], str] | None:
+    """The plugin's argv and the StartSession answer from the stand-in's record in aws's stderr,
+    once the whole record is there; None while it is not (or never: no record)."""
+    start = data.find(b"\n" + nonce + b"\0")
+    end = data.find(b"\0" + nonce + b"\n", start + 1) if start >= 0 else -1
+    if end < 0:
+        return None
+    fields = data[start + len(nonce) + 2 : end].split(b"\0")
+    if not fields[0].isdigit() or len(fields) != int(fields[0]) + 2:
+        return None
+    text = [f.decode("utf-8", "surrogateescape") for f in fields[1:]]
+    return text[:-1], text[-1]
 
-    ssh killed while still connecting sends no signal; only its pipes close, so
-    a thread polls them (and the signal wakeup fd). Then every child is stopped
-    (SIGTERM, SIGKILL 1 s later) and this process exits: no aws call follows.
+
+def plugin_env(env: Mapping[str, str], args: list[str], response: str) -> dict[str, str]:
+    """The real plugin's environment: ours, without our hand-off variables, plus the answer
+    in the variable aws named (when it passed one rather than the JSON itself)."""
+    out = {k: v for k, v in env.items() if k not in ("CLOUDX_PROXY_HANDOFF", "CLOUDX_PROXY_PLUGIN")}
+    if args and args[0].startswith(SSM_RESPONSE_ENV) and response:
+        out[args[0]] = response
+    return out
+
+
+def session_id_of(args: list[str], response: str) -> str | None:
+    """The SessionId of a captured StartSession answer (argv or environment form), or None."""
+    try:
+        data = json.loads(response if args and args[0].startswith(SSM_RESPONSE_ENV) else args[0])
+    except (ValueError, IndexError):
+        return None
+    sid = data.get("SessionId") if isinstance(data, dict) else None
+    return sid if isinstance(sid, str) and re.fullmatch(r"[A-Za-z0-9._:@+=-]{1,256}", sid) else None
+
+
+def stand_in_dir(cache: str) -> str | None:
+    """Our private directory holding the stand-in plugin (written if missing or changed), or None
+    when there is none we may use (no cache, a noexec mount, not ours): connect then goes without."""
+    if not cache or os.name == "nt":
+        return None
+    path = os.path.join(cache, "plugin")
+    script = os.path.join(path, "session-manager-plugin")
+    data = STAND_IN_SH.encode()
+    try:
+        ensure_private_dir(cache)
+        ensure_private_dir(path)
+        if os.statvfs(path).f_flag & getattr(os, "ST_NOEXEC", 0):
+            raise OSError(f"{path} is on a noexec mount")
+        try:
+            fd = open_private(script)
+            with os.fdopen(fd, "rb") as f:
+                current = f.read(len(data) + 1)
+            mode = os.stat(script).st_mode & 0o777
+        except FileNotFoundError:
+            current, mode = b"", 0
+        if current != data or mode != 0o700:
+            atomic_write_bytes(script, data, 0o700)
+    except OSError as e:
+        debug(f"no hand-off to the plugin ({e}): the session runs under aws")
+        return None
+    return path
+
+
+def watch_auth(record: str, seconds: float) -> int:
+    """Fork a watcher that removes the key-push record if the session ends within seconds; the
+    descriptor to leave open across exec (its closing, when the plugin ends, is the signal).
+
+    The watcher is a grandchild (nobody has to reap it), holds none of ssh's descriptors
+    and ends after at most `seconds`.
     """
-    if os.name == "nt":
-        return False
     import select
-    import signal
-    import threading
 
-    if not hasattr(select, "poll"):
-        return False
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _ignore_signal)
-    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-
-    def watch() -> None:
-        poller = select.poll()
-        poller.register(wake_r, select.POLLIN)
-        for fd in (0, 1):
-            poller.register(fd, 0)  # POLLHUP/POLLERR are always reported
-        reason = ""
-        while not reason:
-            for fd, events in poller.poll():
-                if fd == wake_r:
-                    got = os.read(wake_r, 64)
-                    reason = ", ".join(signal.Signals(n).name for n in got if n in (1, 2, 15))
-                elif events & select.POLLNVAL:
-                    poller.unregister(fd)  # not open: nothing to watch
-                elif events & (select.POLLHUP | select.POLLERR):
-                    reason = f"its pipe on our fd {fd} closed"
-        procs.hangup = True
-        procs.stop_all()
-        code = on_hangup()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
         try:
-            debug(f"ssh went away ({reason}): every process of this connect stopped")
-            sys.stderr.flush()
-        except (OSError, ValueError):
+            if os.fork() == 0:
+                os.close(w)
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                if select.select([r], [], [], seconds)[0] and not os.read(r, 1):
+                    os.unlink(record)
+        except BaseException:
             pass
-        os._exit(code)
-
-    threading.Thread(target=watch, name="ssh-watch", daemon=True).start()
-    return True
-
-
-def gated_session_argv(aws: str, fifo: str, profile: str, region: str) -> list[str]:
-    """start-session reading target, document and port from a file (the gate's FIFO)."""
-    return [aws, "ssm", "start-session", "--cli-input-json", "file://" + fifo, *aws_base_args(profile, region)]
+        os._exit(0)
+    os.close(r)
+    os.waitpid(pid, 0)
+    os.set_inheritable(w, True)
+    return w
 
 
-def session_input(instance_id: str, port: int) -> bytes:
-    """The --cli-input-json of the SSH session."""
-    return json.dumps(
-        {"Target": instance_id, "DocumentName": SSM_DOCUMENT, "Parameters": {"portNumber": [str(port)]}}
-    ).encode()
-
-
-def can_gate() -> bool:
-    """FIFOs: POSIX only (Windows runs the checks, then the session)."""
-    return os.name != "nt" and hasattr(os, "mkfifo")
-
-
-class Gate:
-    """An aws child started ahead of time, blocked reading its --cli-input-json from a FIFO.
-
-    The aws process spends most of its ~0.7 s start-up importing and loading
-    models; started early, it calls AWS the moment its input is written.
-    Writing the input is the "go", stopping the child the "no go".
-    """
-
-    def __init__(self, proc: subprocess.Popen[bytes], fifo: str, data: bytes, args: list[str], spare: bool = False):
-        self.proc, self.fifo, self.data, self.args = proc, fifo, data, args
-        self.spare = spare  # started at a lower priority, in case it is needed
-        self.born = time.monotonic()
-        self.fd: int | None = None  # the FIFO's write end, once the child reads it
-
-    def waiting(self) -> bool:
-        """True once the child has opened its FIFO (it waits for the go)."""
-        import errno
-
-        if self.fd is None:
-            try:
-                self.fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as e:
-                if e.errno != errno.ENXIO:
-                    raise
-        return self.fd is not None
-
-    def release(self, procs: ProcessSet, deadline: float) -> bool:
-        """Hand the waiting child its input; False if it ended before it opened the FIFO.
-
-        A regular file with the same input replaces the FIFO before the write
-        end closes, because aws CLI v1 opens --cli-input-json twice.
-        """
-        while not self.waiting():
-            if procs.exited(self.proc) or time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
-        assert self.fd is not None
-        try:
-            ready = os.open(self.fifo + ".ready", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(ready, self.data)
-            finally:
-                os.close(ready)
-            os.write(self.fd, self.data)
-            os.replace(self.fifo + ".ready", self.fifo)
-        finally:
-            os.close(self.fd)
-            self.fd = None
-        return True
-
-    def close(self) -> None:
-        """Drop our ends of its pipes and FIFO (the child is stopped or reaped)."""
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                f.close()
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-class GateDir:
-    """The FIFOs of one connect's gates, in a fresh 0700 directory of our cache, removed when it ends."""
-
-    def __init__(self, cache: str, procs: ProcessSet):
-        self.cache, self.procs = cache, procs
-        self.path = ""
-        self.count = 0
-        self.broken = False
-
-    def fifo(self) -> str | None:
-        """A new FIFO for one gate (None when FIFOs cannot be made here: the call then runs when due)."""
-        if self.broken:
-            return None
-        try:
-            if not self.path:
-                ensure_private_dir(self.cache)
-                remove_stale_gates(self.cache)
-                path = os.path.join(self.cache, f"gate-{os.getpid()}-{os.urandom(8).hex()}")
-                os.mkdir(path, 0o700)
-                self.procs.paths.append(path)
-                self.path = path
-            self.count += 1
-            fifo = os.path.join(self.path, f"input-{self.count}.json")
-            os.mkfifo(fifo, 0o600)
-            return fifo
-        except OSError as e:
-            debug(f"no gate ({e}); each aws call starts when it is due")
-            self.broken = True
-            return None
-
-
-def remove_stale_gates(cache: str) -> None:
-    """Remove gates (directories, or FIFOs of older versions) that killed connects left behind."""
-    now = time.time()
-    for name in os.listdir(cache):
-        if name.startswith("gate-"):
-            path = os.path.join(cache, name)
-            try:
-                st = os.lstat(path)
-                if now - st.st_mtime > STALE_GATE_SECONDS:
-                    import stat
-
-                    (remove_private_dir if stat.S_ISDIR(st.st_mode) else os.unlink)(path)
-            except OSError:
-                pass
-
-
+# --- one connect in progress ---------------------------------------------------------
 class ConnectRun:
     """One connect in progress: its plan, the processes it owns and what it has learnt."""
 
-    def __init__(self, plan: ConnectPlan, aws: Aws, public_key: str):
-        self.plan, self.aws, self.public_key = plan, aws, public_key
+    def __init__(self, plan: ConnectPlan, aws: Aws, public_key: str, plugin: str):
+        self.plan, self.aws, self.public_key, self.plugin = plan, aws, public_key, plugin
         self.procs = aws.procs
+        self.watch = aws.procs.watch
         self.cache = PushCache(plan, public_key)
         self.deadline = time.monotonic() + plan.timeout
-        if can_gate() and not plan.env.get(NO_GATE_ENV) and plan.cache:
-            aws.gates = GateDir(plan.cache, self.procs)
+        self.handoff = os.name != "nt" and not plan.env.get(NO_HANDOFF_ENV)
         self.session_started: float | None = None
         self.reused_push = False
         self.held = ""  # refusal lines of the last session, shown if no retry succeeds
@@ -2688,75 +2638,132 @@ class ConnectRun:
         started = self.session_started
         return self.reused_push and started is not None and time.monotonic() - started < AUTH_FAILURE_SECONDS
 
-    def on_hangup(self) -> int:
-        """ssh went away (the watcher thread): our exit code. 0 during a session (ssh's normal goodbye)."""
-        if self.session_started is None:
-            return EXIT_ERROR
-        if self.auth_doubt():
-            self.cache.forget()
-        return EXIT_OK
+    def sleep_until(self, due: float) -> None:
+        """Sleep until a time.time() value (ending early when ssh goes away)."""
+        left = due - time.time()
+        if left > 0:
+            if self.watch is not None:
+                self.watch.sleep(left)
+            else:
+                time.sleep(left)
+
+    def session_env(self, nonce: str) -> dict[str, str]:
+        """aws's environment for the session: with the hand-off, our stand-in first on PATH."""
+        env = dict(self.plan.env)
+        where = stand_in_dir(self.plan.cache) if self.handoff else None
+        if where is not None:
+            env["PATH"] = os.pathsep.join([where, env.get("PATH", "")])
+            env.update(CLOUDX_PROXY_HANDOFF=nonce, CLOUDX_PROXY_PLUGIN=self.plugin)
+        return env
 
 
-def open_gate(run: ConnectRun) -> Gate | None:
-    """Start the session early, waiting at its gate (None: no gates here, it starts when the checks pass)."""
-    import subprocess
+def run_session(run: ConnectRun) -> tuple[int, str | None]:
+    """Start the session on ssh's stdin/stdout and hand it to the plugin (no return when that works).
 
-    plan = run.plan
-    fifo = run.aws.gates.fifo() if run.aws.gates else None
-    if fifo is None:
-        return None
-    argv = gated_session_argv(run.aws.path, fifo, plan.profile, plan.region)
-    proc = run.procs.spawn(argv, plan.env, stderr=subprocess.PIPE)
-    return Gate(proc, fifo, session_input(plan.instance_id, plan.port), ["ssm", "start-session"])
-
-
-def start_session(run: ConnectRun, gate: Gate | None) -> subprocess.Popen[bytes]:
-    """The session child on our stdin/stdout: the gate's, let through, or a new one."""
-    import subprocess
-
-    if gate is not None:
-        if gate.release(run.procs, run.deadline):
-            return gate.proc
-        run.procs.stop(gate.proc)
-        assert gate.proc.stderr is not None
-        debug(f"early session ended before it was let through: {gate.proc.stderr.read().decode(errors='replace')}")
-    plan = run.plan
-    argv = build_session_argv(run.aws.path, plan.instance_id, plan.port, plan.profile, plan.region)
-    return run.procs.spawn(argv, plan.env, stderr=subprocess.PIPE)
-
-
-def run_session(run: ConnectRun, proc: subprocess.Popen[bytes]) -> tuple[int, str | None]:
-    """Carry the session to its end: (exit code, refusal code if StartSession refused it before any byte).
-
-    Its stderr passes through us, so a refusal can be recognised and held back.
+    Otherwise: (exit code, refusal code if StartSession refused before any byte).
+    aws's stderr comes to us: the stand-in's record, or aws's error to recognise.
     A failed session forgets the key-push record.
     """
+    import subprocess
+
+    plan = run.plan
+    nonce = "cloudx-proxy-handoff-" + os.urandom(8).hex()
+    argv = build_session_argv(run.aws.path, plan.instance_id, plan.port, plan.profile, plan.region)
+    if _VERBOSE:
+        debug("run: " + quote_argv(argv))
+    log("Starting session...")
+    proc = run.procs.spawn(argv, run.session_env(nonce), stderr=subprocess.PIPE)
     run.session_started = time.monotonic()
-    held: list[str] = []
-    refused = None
-    assert proc.stderr is not None
-    for raw in proc.stderr:
-        line = raw.decode("utf-8", "replace")
-        m = SESSION_REFUSED_RE.search(line)
-        if m and m.group(1) in SESSION_REFUSALS:
-            refused = m.group(1)
-            held.append(line)  # decided by the caller: checked and retried, or shown
-        else:
-            sys.stderr.write(line)
-            sys.stderr.flush()
+    held, refused = session_stderr(run, proc, nonce.encode())
     rc = run.procs.reap(proc)
-    if run.procs.hangup:  # we stopped it: the watcher decides and ends this process
-        time.sleep(60)
     if rc != 0 or run.auth_doubt():
         run.cache.forget()
     run.session_started = None
     if rc != 0 and refused:
-        run.held = "".join(held)
+        run.held = held
         return rc, refused
-    sys.stderr.write("".join(held))
+    _stderr_write(held)
     return rc, None
 
 
+def session_stderr(run: ConnectRun, proc: subprocess.Popen[bytes], nonce: bytes) -> tuple[str, str | None]:
+    """Read aws's stderr until the stand-in's record (then hand off) or its end.
+
+    Lines are passed on as they come (best effort: the session never depends on
+    our stderr), except a StartSession refusal, which is held for the caller.
+    Returns (held lines, refusal code).
+    """
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    data, shown, held, refused = b"", 0, [], None
+    while True:
+        if run.watch is not None:
+            run.watch.wait([fd], float("inf"))
+        chunk = os.read(fd, 65536)
+        data += chunk
+        record = data.find(b"\n" + nonce)
+        if record >= 0:
+            captured = parse_handoff(data, nonce)
+            if captured is not None:
+                _stderr_write(data[shown:record].decode("utf-8", "replace"))
+                hand_off(run, proc, *captured)
+            if chunk:
+                continue  # the record is coming: keep it until it is whole (it is never shown)
+        visible = data if record < 0 else data[:record]
+        end = len(visible) if not chunk else visible.rfind(b"\n", shown) + 1
+        for raw in visible[shown:end].decode("utf-8", "replace").splitlines(keepends=True):
+            m = SESSION_REFUSED_RE.search(raw)
+            if m and m.group(1) in SESSION_REFUSALS:
+                refused = m.group(1)
+                held.append(raw)  # decided by the caller: checked and retried, or shown
+            else:
+                _stderr_write(raw)
+        shown = max(shown, end)
+        if not chunk:  # aws is done: it refused, failed, or ran the plugin itself
+            proc.stderr.close()
+            return "".join(held), refused
+
+
+def _stderr_write(text: str) -> None:
+    """Pass text to our stderr, best effort (a closed terminal, EPIPE, EAGAIN must not end a session)."""
+    if not text:
+        return
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def hand_off(run: ConnectRun, proc: subprocess.Popen[bytes], args: list[str], response: str) -> NoReturn:
+    """Become the real session-manager-plugin, as aws would have run it (aws itself is stopped)."""
+    import signal
+
+    proc.kill()  # the stand-in has answered; aws only waits to exit 0
+    run.procs.reap(proc)
+    run.procs.stop_all()  # nothing else is left; the guard ends
+    keep = watch_auth(run.cache.path, AUTH_FAILURE_SECONDS) if run.reused_push and run.cache.path else None
+    # As aws leaves them for the plugin: SIGPIPE default, the terminal's keys for the session.
+    for sig in (signal.SIGPIPE, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
+        signal.signal(sig, signal.SIG_IGN)
+    debug(f"handing the session to {run.plugin}")
+    try:
+        os.execve(run.plugin, [run.plugin, *args], plugin_env(run.plan.env, args, response))
+    except OSError as e:
+        if keep is not None:
+            os.close(keep)
+        sid = session_id_of(args, response)
+        if sid:
+            try:
+                run.aws(["ssm", "terminate-session", "--session-id", sid], timeout=30)
+            except CloudxError as t:
+                debug(f"terminate-session {sid}: {t.message}")
+        raise CloudxError(f"cannot run {run.plugin}: {e.strerror or e}", PLUGIN_INSTALL_HINT) from None
+
+
+# --- the connect: warm path first, cold path when the instance is not ready ------------
 def connect_dry_run(plan: ConnectPlan) -> int:
     """Print each step and the exact commands a connect would run; call nothing."""
     aws, _ = find_program("aws", plan.env.get("PATH"))
@@ -2767,6 +2774,12 @@ def connect_dry_run(plan: ConnectPlan) -> int:
         public_key, key = read_public_key(plan.pub_path), f"{plan.pub_path} (found)"
     except CloudxError as e:
         public_key, key = f"<{plan.pub_path}>", f"{plan.pub_path} ({e.message})"
+    handoff = os.name != "nt" and not plan.env.get(NO_HANDOFF_ENV) and plan.cache
+    session = (
+        f"through a stand-in in {os.path.join(plan.cache, 'plugin')}, then this process becomes the plugin"
+        if handoff
+        else "aws runs the plugin and this process waits for it"
+    )
     steps = [
         f"[dry run] connect {plan.instance_id} port {plan.port}",
         f"[dry run] profile {plan.profile}, region {plan.region} (from {plan.region_source}), "
@@ -2774,25 +2787,14 @@ def connect_dry_run(plan: ConnectPlan) -> int:
         f"[dry run] public key {key}, pushed for user {plan.user}",
         f"[dry run] aws: {aws or 'not found'}; session-manager-plugin: {plugin or 'not found'}",
         f"[dry run] key push record: {PushCache(plan, public_key).path or 'none (no usable cache directory)'}",
-    ]
-    gated = can_gate() and plan.cache and not plan.env.get(NO_GATE_ENV)
-    if gated:
-        fifo = os.path.join(plan.cache, "gate-PID-RANDOM", "input-N.json")
-        steps += [
-            "[dry run] 0. start the session and start-instances early; each waits for its input at a FIFO (a gate):",
-            "    " + quote_argv(gated_session_argv(aws_cmd, fifo, plan.profile, plan.region)),
-            f"    input, written into the gate if the key push passes: {session_input(plan.instance_id, plan.port).decode()}",
-            "    " + quote_argv([*tool.argv(aws_start_args(plan.instance_id)), "--cli-input-json", "file://" + fifo]),
-            "    input {}, written into the gate if the instance is not running",
-        ]
-    steps += [
         "[dry run] 1. push the key (only a running instance accepts it); if it is accepted, the session (3.):",
         "    " + quote_argv(tool.argv(aws_push_key_args(plan.instance_id, plan.user, public_key))),
         "[dry run] 2. if the instance is not running, or the session is refused: start it if stopped, then "
-        f"wait for SSM PingStatus Online (a poll about every {POLL_SECONDS:.0f} s, up to {plan.timeout:.0f} s):",
+        f"wait for SSM PingStatus Online (polls from {ONLINE_EARLIEST_SECONDS:.0f} s after the start about every "
+        f"{POLL_SECONDS:.0f} s, up to {plan.timeout:.0f} s in all):",
         "    " + quote_argv(tool.argv(aws_start_args(plan.instance_id))),
         "    " + quote_argv(tool.argv(aws_ssm_status_args(plan.instance_id))),
-        "[dry run] 3. the session on stdin/stdout (the gate's input amounts to):",
+        f"[dry run] 3. the session on stdin/stdout ({session}):",
         "    " + quote_argv(build_session_argv(aws_cmd, plan.instance_id, plan.port, plan.profile, plan.region)),
     ]
     for line in steps:
@@ -2801,95 +2803,82 @@ def connect_dry_run(plan: ConnectPlan) -> int:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    """ProxyCommand entry: get the instance running and online, push the key, carry the session."""
+    """ProxyCommand entry: get the instance running and online, push the key, start the session."""
     plan = plan_connect(args, os.environ)
     if args.dry_run:
         return connect_dry_run(plan)
     check_profile(plan)
     public_key = read_public_key(plan.pub_path)
-    aws_path, _plugin = locate_tools(plan.env)
-    procs = ProcessSet(grouped=True)
-    run = ConnectRun(plan, Aws(aws_path, plan.profile, plan.region, plan.env, plan.instance_id, procs), public_key)
-    watch_ssh(procs, run.on_hangup)
+    aws_path, plugin = locate_tools(plan.env)
+    procs = ProcessSet(SshWatch(), Guard()) if os.name != "nt" else ProcessSet()
+    run = ConnectRun(
+        plan, Aws(aws_path, plan.profile, plan.region, plan.env, plan.instance_id, procs), public_key, plugin
+    )
     try:
-        if run.cache.fresh():
-            debug("key pushed moments ago for this instance: reusing it")
-            log("Starting session...")
-            run.reused_push = True
-            rc, refused = run_session(run, start_session(run, None))
-            if refused is None:
-                return rc
-            run.reused_push = False
-            debug(f"StartSession refused ({refused}) despite a recent key push: checking the instance")
-        return connect_checked(run, open_gate(run))
+        return connect(run)
+    except SshGone as gone:
+        debug(f"ssh went away ({gone}): every process of this connect stopped")
+        if run.session_started is None:
+            return EXIT_ERROR
+        if run.auth_doubt():
+            run.cache.forget()
+        return EXIT_OK  # during a session: ssh's normal goodbye
     finally:
-        if procs.hangup:  # the watcher is stopping everything and ends this process
-            time.sleep(60)
-        procs.stop_all()  # e.g. a gate never let through
+        procs.stop_all()
 
 
-def connect_checked(run: ConnectRun, gate: Gate | None, warm: bool = True) -> int:
-    """Push the key; warm: the session, cold: start the instance, wait for SSM Online, the session.
+def connect(run: ConnectRun) -> int:
+    """A reused key push or a fresh one, then the session; the cold path when the instance is not ready.
 
     The push is the check: EC2 Instance Connect accepts a key only from a running
-    instance, and the session (waiting at its gate) is refused by a target that
-    is not Online. StartInstances waits at a gate too while the key is pushed, so
-    a stopped instance is started without an aws start-up in between. A warm
-    session refused before it carried a byte (the instance stopped meanwhile,
-    SSM lagging behind) sends the connect down the cold path.
+    instance, and a target that is not Online refuses the session before it
+    carries any byte. Either refusal sends the connect down the cold path.
     """
-    aws, plan, iid = run.aws, run.plan, run.plan.instance_id
+    plan = run.plan
+    if run.cache.fresh():
+        debug("key pushed moments ago for this instance: reusing it")
+        run.reused_push = True
+        rc, refused = run_session(run)
+        if refused is None:
+            return rc
+        run.reused_push = False
+        debug(f"StartSession refused ({refused}) despite a recent key push: checking the instance")
     log("Pushing SSH key...")
-    start = aws_start_args(iid)
-    aws.prepare(start, niceness=SPECULATIVE_NICENESS)  # needed only if the instance is not running
+    pushed_at = time.time()
     try:
-        pushed_at = time.time()
-        try:
-            aws(aws_push_key_args(iid, plan.user, run.public_key))
-            key_pushed: float | None = pushed_at
-        except CloudxError as e:
-            if e.code != "EC2InstanceStateInvalidException":
-                raise
-            debug(f"key push refused: {e.message}")
-            key_pushed = None
-        if key_pushed is not None:
-            debug("key push ok")
-            run.cache.record(key_pushed)
-            if warm:
-                log("Starting session...")
-                session = start_session(run, gate)
-                aws.discard(start)
-                rc, refused = run_session(run, session)
-                if refused is None:
-                    return rc
-                debug(f"StartSession refused ({refused}): checking the instance again")
-                run.doubted_at = time.time()
-                return connect_checked(run, open_gate(run), warm=False)
-            started = False
-        else:
-            run.doubted_at = pushed_at
-            # The wait's first look, due soon after the start: loading now, not ahead of start-instances.
-            aws.prepare(aws_describe_args(iid), niceness=SPECULATIVE_NICENESS)
-            started = ensure_started(aws, plan, run.deadline, pushed_at)
-    finally:
-        aws.discard(start)
-
-    # Cold path: the instance is not running, or SSM is not online yet.
-    key_pushed = wait_until_online(run, key_pushed, started)
-    log("Starting session...")
+        run.aws(aws_push_key_args(plan.instance_id, plan.user, run.public_key))
+        key_pushed: float | None = pushed_at
+    except CloudxError as e:
+        if e.code != "EC2InstanceStateInvalidException":
+            raise
+        debug(f"key push refused: {e.message}")
+        key_pushed = None
+    if key_pushed is not None:
+        debug("key push ok")
+        run.cache.record(key_pushed)
+        rc, refused = run_session(run)
+        if refused is None:
+            return rc
+        debug(f"StartSession refused ({refused}): waiting for the instance")
+        run.doubted_at = time.time()
+        launched, started = None, False
+    else:
+        run.doubted_at = pushed_at
+        launched, started = ensure_started(run.aws, plan, run.deadline, pushed_at)
+    key_pushed = wait_until_online(run, key_pushed, launched, started)
     while True:
-        rc, refused = run_session(run, start_session(run, gate))
+        rc, refused = run_session(run)
         if refused is None:
             return rc
         if time.monotonic() >= run.deadline:
-            sys.stderr.write(run.held)
+            _stderr_write(run.held)
             raise CloudxError("the SSM agent on the instance did not accept the session in time", VSCODE_TIMEOUT_HINT)
         # Right after boot the agent can drop for a moment; check (and re-push) before trying again.
         debug(f"StartSession refused ({refused}); checking again before a retry")
-        gate = open_gate(run)
-        key_pushed = wait_until_online(run, key_pushed, started, verify=True)
+        key_pushed = wait_until_online(run, key_pushed, None, started, verify=True)
 
 
+# --- the cold path: start the instance once, share one poller ---------------------------
 def _start_lock(plan: ConnectPlan, name: str, deadline: float) -> FileLock | None:
     """Take a per-instance lock in our cache (None without a usable cache: connect goes on alone)."""
     if not plan.cache:
@@ -2921,8 +2910,9 @@ def _touch(path: str) -> None:
 
 def ensure_started(
     aws: Aws, plan: ConnectPlan, deadline: float, seen_at: float, grace: float = START_MARKER_SECONDS
-) -> bool:
-    """Start the instance unless another connect just did; True if this process started it.
+) -> tuple[float | None, bool]:
+    """Start the instance unless another connect just did: (when it was started, None if unknown;
+    True if this process started it).
 
     A lock per instance makes concurrent connects call StartInstances once: the
     first records a marker, the others see it and only wait. A marker counts
@@ -2939,49 +2929,50 @@ def ensure_started(
         over = 0 <= online_age <= age and now - online_age <= seen_at
         if age >= 0 and now - age >= seen_at - grace and not over:
             log(f"Instance {iid} is being started by another connection; waiting...")
-            return False
-        while True:
-            round_start = time.monotonic()
-            try:
-                previous = parse_previous_state(aws(aws_start_args(iid)))
-            except CloudxError as e:
-                if e.code != "IncorrectInstanceState":
-                    raise
-                try:
-                    state = aws_instance_state(aws, iid)
-                except CloudxError as denied:
-                    if not is_denied(denied):
-                        raise
-                    # Without ec2:DescribeInstances (the reference's minimal policy)
-                    # all we know is that it cannot be started yet: try again.
-                    debug("describe-instances denied; retrying start-instances")
-                    _pace(
-                        round_start,
-                        deadline,
-                        f"starting {iid}: it is not in a state from which it can be started (stopping, or terminated)",
-                    )
-                    continue
-                if state in ("terminated", "shutting-down"):
-                    raise CloudxError(
-                        f"instance {iid} is {state}", "it cannot be started; use another instance"
-                    ) from None
-                if state == "stopping":
-                    log(f"Instance {iid} is stopping; it will be started once stopped...")
-                    wait_for_state(aws, plan, deadline, "stopped")
-                    continue
-                if state in ("pending", "running"):
-                    return False
-                raise
-            if previous == "stopped":
-                if lock:
-                    _touch(marker)
-                log(f"Starting instance {iid}...")
-                return True
-            debug(f"start-instances: instance was {previous}")
-            return False
+            return now - age, False
+        launched = _start(aws, plan, deadline, marker if lock else "")
+        return launched, launched is not None
     finally:
         if lock:
             lock.__exit__()
+
+
+def _start(aws: Aws, plan: ConnectPlan, deadline: float, marker: str) -> float | None:
+    """StartInstances (waiting out a stop in progress); when we started it, None if it was already starting."""
+    iid = plan.instance_id
+    while True:
+        round_start = time.monotonic()
+        try:
+            previous = parse_previous_state(aws(aws_start_args(iid)))
+        except CloudxError as e:
+            if e.code != "IncorrectInstanceState":
+                raise
+            try:
+                state = aws_instance_state(aws, iid)
+            except CloudxError as denied:
+                if not is_denied(denied):
+                    raise
+                # Without ec2:DescribeInstances (the reference's minimal policy)
+                # all we know is that it cannot be started yet: try again.
+                debug("describe-instances denied; retrying start-instances")
+                _pace(aws, round_start, deadline, f"starting {iid}: it is not in a state from which it can be started")
+                continue
+            if state in ("terminated", "shutting-down"):
+                raise CloudxError(f"instance {iid} is {state}", "it cannot be started; use another instance") from None
+            if state == "stopping":
+                log(f"Instance {iid} is stopping; it will be started once stopped...")
+                wait_for_state(aws, plan, deadline, "stopped")
+                continue
+            if state in ("pending", "running"):
+                return None
+            raise
+        if previous == "stopped":
+            if marker:
+                _touch(marker)
+            log(f"Starting instance {iid}...")
+            return time.time()
+        debug(f"start-instances: instance was {previous}")
+        return None
 
 
 def is_denied(error: CloudxError) -> bool:
@@ -2998,19 +2989,36 @@ def wait_for_state(aws: Aws, plan: ConnectPlan, deadline: float, wanted: str) ->
             return
         if state in ("terminated", "shutting-down"):
             raise CloudxError(f"instance {plan.instance_id} is {state}")
-        _pace(round_start, deadline, f"waiting for instance {plan.instance_id} to be {wanted} (it is {state})")
+        _pace(aws, round_start, deadline, f"waiting for instance {plan.instance_id} to be {wanted} (it is {state})")
 
 
-def _next_round(round_start: float, deadline: float, what: str, hint: str = VSCODE_TIMEOUT_HINT) -> float:
-    """End a poll round: fail past the deadline, else when the next is due (POLL_SECONDS after this one)."""
+def _pace(aws: Aws, round_start: float, deadline: float, what: str, hint: str = VSCODE_TIMEOUT_HINT) -> None:
+    """End a poll round: fail past the deadline, else sleep until the next is due (POLL_SECONDS after this one)."""
     if time.monotonic() >= deadline:
         raise CloudxError(f"timed out {what}", hint)
-    return min(round_start + POLL_SECONDS, deadline)
+    left = min(round_start + POLL_SECONDS, deadline) - time.monotonic()
+    if left > 0:
+        if aws.procs.watch is not None:
+            aws.procs.watch.sleep(left)
+        else:
+            time.sleep(left)
 
 
-def _pace(round_start: float, deadline: float, what: str, hint: str = VSCODE_TIMEOUT_HINT) -> None:
-    """End a poll round: fail past the deadline, else sleep until the next is due."""
-    time.sleep(max(0.0, _next_round(round_start, deadline, what, hint) - time.monotonic()))
+def next_round_at(now: float, launched: float | None, last: float | None) -> float:
+    """When the next poll round of the cold wait is due (time.time() values; pure).
+
+    A young instance (launched less than ONLINE_EARLIEST_SECONDS ago) is looked
+    at only at YOUNG_POLL_AGES; then every POLL_SECONDS. An unknown launch time
+    counts as old.
+    """
+    if launched is None:
+        return now if last is None else max(now, last + POLL_SECONDS)
+    after = (now if last is None else max(now, last + 1.0)) - launched
+    for age in YOUNG_POLL_AGES:
+        if age >= after:
+            return launched + age
+    steps = max(0, -int(-(after - ONLINE_EARLIEST_SECONDS) // POLL_SECONDS))
+    return max(now, launched + ONLINE_EARLIEST_SECONDS + steps * POLL_SECONDS)
 
 
 def shared_online(run: ConnectRun, key_pushed: float | None) -> float | None:
@@ -3047,15 +3055,15 @@ def shared_online(run: ConnectRun, key_pushed: float | None) -> float | None:
     return pushed_at
 
 
-def wait_until_online(run: ConnectRun, key_pushed: float | None, started: bool, verify: bool = False) -> float:
+def wait_until_online(
+    run: ConnectRun, key_pushed: float | None, launched: float | None, started: bool, verify: bool = False
+) -> float:
     """Poll until SSM says Online with a fresh key pushed; returns when the key was pushed.
 
-    Rounds are about POLL_SECONDS apart. While the instance is not known to run,
-    only its EC2 state is asked; once it runs the key is pushed at once (so
-    nothing is left in series after Online) and SSM is polled, the key re-pushed
-    when PUSH_REFRESH_SECONDS old, the state looked at now and then. ``verify``
-    (before a retry) pushes in the first round whatever the key's age: only a
-    running instance accepts it.
+    ``launched``: when the instance was started (time.time()), None if unknown;
+    ``started``: this process started it.
+    ``verify`` (before a retry) pushes in the first round whatever the key's age:
+    only a running instance accepts it.
     """
     try:
         if not verify:
@@ -3063,90 +3071,112 @@ def wait_until_online(run: ConnectRun, key_pushed: float | None, started: bool, 
             shared = shared_online(run, key_pushed)
             if shared is not None:
                 return shared
-        return _poll_until_online(run, key_pushed, started, verify)
+        return Poll(run, key_pushed, launched, started, verify).until_online()
     finally:
-        run.aws.discard()  # a prepared call the wait did not use
         if run.poll_lock is not None:
             run.poll_lock.__exit__()
             run.poll_lock = None
 
 
-def _poll_until_online(run: ConnectRun, key_pushed: float | None, started: bool, probe: bool) -> float:
-    """The poll loop of wait_until_online."""
-    aws, plan, iid = run.aws, run.plan, run.plan.instance_id
-    state = "running" if key_pushed else ("pending" if started else "unknown")
-    restarted = False
-    status = "NotRegistered"
-    described_at = time.monotonic()
-    can_describe = True  # the reference's minimal policy has no ec2:DescribeInstances
-    due = time.monotonic()
-    if started and not probe:  # it was pending a moment ago; a short boot is running within a second or two
-        due += POLL_SECONDS / 2
-    while True:
-        due = min(due, run.deadline)
-        round_start = max(due, time.monotonic())
+class Poll:
+    """The cold wait's poll rounds: what is known of the instance, and what each round asks.
+
+    While the instance is not known to run, a round pushes the key (the push is
+    the state probe: only a running instance accepts it); once it runs, a round
+    asks SSM, and pushes again when the key is PUSH_REFRESH_SECONDS old. Now
+    and then, and when a push is refused after one was accepted, EC2 is asked
+    for the state (a stop ends the wait).
+    """
+
+    def __init__(self, run: ConnectRun, key_pushed: float | None, launched: float | None, started: bool, probe: bool):
+        self.run, self.key_pushed, self.launched, self.probe = run, key_pushed, launched, probe
+        self.started = started  # by this process: a stop then ends the wait
+        self.running = key_pushed is not None and not probe
+        self.status = "NotRegistered"
+        self.state = "running" if self.running else "not running"
+        self.checked = time.time()  # when EC2's state was last looked at (or the instance started)
+        self.recheck = False  # a refused push after an accepted one: ask EC2 why
+        self.can_describe = True  # the reference's minimal policy has no ec2:DescribeInstances
+        self.restarted = False
+
+    def calls(self) -> dict[str, list[str]]:
+        """What this round asks."""
+        plan, iid = self.run.plan, self.run.plan.instance_id
         calls: dict[str, list[str]] = {}
-        if state != "running":
-            if can_describe:
-                calls["ec2"] = aws_describe_args(iid)
-            else:
-                calls["push"] = aws_push_key_args(iid, plan.user, run.public_key)  # the state probe
-        else:
+        stale = self.key_pushed is None or time.time() - self.key_pushed > PUSH_REFRESH_SECONDS
+        if not self.running or stale or self.probe:
+            calls["push"] = aws_push_key_args(iid, plan.user, self.run.public_key)
+        if self.running:
             calls["ssm"] = aws_ssm_status_args(iid)
-            if probe or key_pushed is None or time.time() - key_pushed > PUSH_REFRESH_SECONDS:
-                calls["push"] = aws_push_key_args(iid, plan.user, run.public_key)
-            elif can_describe and time.monotonic() - described_at > STATE_RECHECK_SECONDS:
-                calls["ec2"] = aws_describe_args(iid)  # notices an instance stopped while we wait
-        probe = False
-        push_time = time.time() + max(0.0, due - time.monotonic())  # when the calls go out
-        results = aws.many(calls, at=due)
-        hurry = False  # it just turned out to run: push and ask SSM without a pause
+        elif self.can_describe and (self.recheck or time.time() - self.checked > STATE_RECHECK_SECONDS):
+            calls["ec2"] = aws_describe_args(iid)
+        self.probe = False
+        return calls
+
+    def until_online(self) -> float:
+        """Poll rounds until SSM says Online with a key pushed; when the key was pushed."""
+        run, iid = self.run, self.run.plan.instance_id
+        due = time.time() if self.probe else next_round_at(time.time(), self.launched, None)
+        while True:
+            run.sleep_until(due - AWS_STARTUP_SECONDS)
+            sent = time.time()
+            was_running = self.running
+            self.take(run.aws.many(self.calls()), sent)
+            debug(f"EC2 {self.state}, SSM PingStatus {self.status}")
+            if self.running and self.status == "Online" and self.key_pushed is not None:
+                if run.plan.cache and run.poll_lock is not None:
+                    _touch(os.path.join(run.plan.cache, f"online-{run.plan.region}-{iid}"))
+                return self.key_pushed
+            if time.monotonic() >= run.deadline:
+                hint = VSCODE_TIMEOUT_HINT if self.started else SSM_AGENT_HINT
+                what = f"{iid} to be Online in SSM (EC2 {self.state}, SSM {self.status})"
+                raise CloudxError(f"timed out after {run.plan.timeout:.0f} s waiting for {what}", hint)
+            last = time.time()
+            # It just turned out to run: ask SSM at once.
+            due = last if self.running and not was_running else next_round_at(last, self.launched, last)
+            due = min(due, time.time() + max(0.0, run.deadline - time.monotonic()))
+
+    def take(self, results: dict[str, Any], sent: float) -> None:
+        """Learn from one round's answers (a stop, or another failure, raises)."""
         if "ec2" in results:
-            described_at = time.monotonic()
-            described = results["ec2"]
-            if isinstance(described, CloudxError) and is_denied(described):
-                debug("describe-instances denied: following the key push and SSM alone")
-                can_describe = False
-                continue
-            if isinstance(described, CloudxError):
-                raise described
-            was, state = state, parse_instance_state(described, iid) or "missing"
-            if state in ("stopped", "stopping", "terminated", "shutting-down", "missing"):
-                if state == "stopped" and not started and not restarted:
-                    restarted = True  # another connect's start did not take: start it ourselves
-                    started = ensure_started(aws, plan, run.deadline, push_time, grace=0.0)
-                    state = "unknown"
-                    continue
-                raise CloudxError(
-                    f"instance {iid} became {state} while waiting for it to start",
-                    "check the instance in the EC2 console (something stopped it), then connect again",
-                )
-            hurry = state == "running" and was != "running"
+            self.take_state(results["ec2"])
         if "push" in results:
             pushed = results["push"]
             if isinstance(pushed, CloudxError):
                 if pushed.code != "EC2InstanceStateInvalidException":
                     raise pushed
-                state = "unknown"
+                self.recheck = self.running  # it ran, and now refuses: ask EC2 why
+                self.running, self.state = False, "not running"
             else:
-                hurry = hurry or state != "running"
-                key_pushed, state = push_time, "running"  # a key is accepted only by a running instance
-                run.cache.record(push_time)
+                self.key_pushed, self.running, self.state = sent, True, "running"
+                self.checked = time.time()
+                self.run.cache.record(sent)
         if "ssm" in results:
             ssm = results["ssm"]
             if isinstance(ssm, CloudxError):
                 raise ssm
-            status = parse_ping_status(ssm, iid)
-        debug(f"EC2 state {state}, SSM PingStatus {status}")
-        if status == "Online" and state == "running" and key_pushed is not None:
-            if plan.cache and run.poll_lock is not None:
-                _touch(os.path.join(plan.cache, f"online-{plan.region}-{iid}"))
-            return key_pushed
-        what = f"after {plan.timeout:.0f} s waiting for {iid} to be Online in SSM (EC2 {state}, SSM {status})"
-        if hurry and time.monotonic() < run.deadline:
-            due = time.monotonic()
-            continue
-        due = _next_round(round_start, run.deadline, what, VSCODE_TIMEOUT_HINT if started else SSM_AGENT_HINT)
+            self.status = parse_ping_status(ssm, self.run.plan.instance_id)
+
+    def take_state(self, described: Any) -> None:
+        """Learn from describe-instances: a stopped instance is started once more, a gone one ends the wait."""
+        run, iid = self.run, self.run.plan.instance_id
+        self.checked, self.recheck = time.time(), False
+        if isinstance(described, CloudxError) and is_denied(described):
+            debug("describe-instances denied: following the key push and SSM alone")
+            self.can_describe = False
+            return
+        if isinstance(described, CloudxError):
+            raise described
+        self.state = parse_instance_state(described, iid) or "missing"
+        if self.state == "stopped" and not self.started and not self.restarted:
+            self.restarted = True  # another connect's start did not take: start it ourselves
+            self.launched, self.started = ensure_started(run.aws, run.plan, run.deadline, time.time(), grace=0.0)
+            return
+        if self.state in ("stopped", "stopping", "terminated", "shutting-down", "missing"):
+            raise CloudxError(
+                f"instance {iid} became {self.state} while waiting for it to start",
+                "check the instance in the EC2 console (something stopped it), then connect again",
+            )
 
 
 # ---------------------------------------------------------------------------

@@ -522,7 +522,11 @@ class Bench:
                     continue
                 time.sleep(settle)
                 procs = []
-                for pid in descendants(proc.pid):
+                # ssh's descendants, and anything else running our zipapp (a forked watcher is reparented)
+                mine = [
+                    int(e) for e in os.listdir("/proc") if e.isdigit() and str(self.pyz) in " ".join(cmdline(int(e)))
+                ]
+                for pid in dict.fromkeys([*descendants(proc.pid), *mine]):
                     argv_p = cmdline(pid)
                     rss = status_kb(pid)
                     if rss is None or not argv_p:
@@ -728,13 +732,17 @@ def series_report(name: str, title: str, series: dict[str, Series]) -> tuple[lis
 
 # What each contender must send per connect: (aws CLI processes, boto3 calls, actions).
 EXPECTED: dict[tuple[str, str], tuple[int, int, dict[str, int]]] = {
-    ("warm", "ours"): (3, 0, {"DescribeInstanceInformation": 1, "SendSSHPublicKey": 1, "StartSession": 1}),
+    ("warm", "ours"): (2, 0, {"SendSSHPublicKey": 1, "StartSession": 1}),
     ("repeat", "ours"): (1, 0, {"StartSession": 1}),
     ("warm", "ref"): (1, 2, {"DescribeInstanceInformation": 1, "SendSSHPublicKey": 1, "StartSession": 1}),
     ("repeat", "ref"): (1, 2, {"DescribeInstanceInformation": 1, "SendSSHPublicKey": 1, "StartSession": 1}),
     ("warm", "naive"): (2, 0, {"SendSSHPublicKey": 1, "StartSession": 1}),
     ("repeat", "naive"): (2, 0, {"SendSSHPublicKey": 1, "StartSession": 1}),
 }
+
+
+# A cold connect to an instance that is Online 20 s after its start (issue 17's target).
+COLD_AWS_MAX = 10
 
 
 def sanity_checks(results: dict[str, dict[str, Series]], mem: dict[str, Any] | None) -> tuple[int, list[str]]:
@@ -754,13 +762,15 @@ def sanity_checks(results: dict[str, dict[str, Series]], mem: dict[str, Any] | N
                     failures.append(f"{where}: expected {want}, got {got}")
                 if scenario == "cold" and got["actions"].get("StartInstances") != 1:
                     failures.append(f"{where}: expected one StartInstances, got {got}")
+                if scenario == "cold" and cname == "ours" and got["aws_cli"] > COLD_AWS_MAX:
+                    failures.append(f"{where}: expected at most {COLD_AWS_MAX} aws processes, got {got}")
                 if got["other"]:
                     failures.append(f"{where}: {got['other']} calls neither aws CLI nor boto3")
     if mem and "ours" in mem:
         checked += 1
         ours = [p for p in mem["ours"]["processes"] if p["ours"]]
-        if len(ours) != 1:
-            failures.append(f"memory: expected one process of ours (the supervisor) during the session, got {ours}")
+        if ours:
+            failures.append(f"memory: expected no process of ours during the session (the plugin only), got {ours}")
     return checked, failures
 
 

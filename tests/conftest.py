@@ -29,6 +29,14 @@ def require_v2(rig: Rig) -> str:
     return rig.aws_v2
 
 
+def require_v1_old(rig: Rig) -> str:
+    """Path of aws CLI v1 older than 1.30.3 (StartSession answer in argv), or skip (fail in CI)."""
+    if rig.aws_v1_old is None:
+        skip_or_fail("aws CLI v1 < 1.30.3 not in .venv-aws-old (.ci/run installs tests/requirements-aws-old.txt)")
+    assert rig.aws_v1_old is not None
+    return rig.aws_v1_old
+
+
 @pytest.fixture(scope="session")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     """One rig (moto + endpoint + plugin) for the whole test session."""
@@ -43,11 +51,14 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         r.close()
 
 
-@pytest.fixture(params=["v1", "v2"])
+@pytest.fixture(params=["v1", "v1old", "v2"])
 def aws_variant(request: pytest.FixtureRequest, rig: Rig) -> str:
-    """Parametrize a test over aws CLI v1 (pip) and v2 (Debian; skipped if absent)."""
+    """Parametrize a test over aws CLI v1 (pip), v1 before 1.30.3 (the StartSession answer in argv)
+    and v2 (Debian); each skipped locally, failed in CI, if absent."""
     if request.param == "v2":
         require_v2(rig)
+    if request.param == "v1old":
+        require_v1_old(rig)
     return request.param
 
 

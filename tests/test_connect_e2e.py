@@ -147,23 +147,41 @@ def test_scp_round_trip_with_checksum(rig: Rig, home: Home, pyz: Path, tmp_path:
     assert back.read_bytes() == data
 
 
-def test_one_small_process_of_ours_during_the_session(rig: Rig, home: Home, pyz: Path) -> None:
-    """The ProxyCommand stays as the session's parent (it owns the session and its exit code); no sh."""
+def test_during_a_session_the_proxy_pid_is_the_plugin(rig: Rig, home: Home, pyz: Path, aws_variant: str) -> None:
+    """The process ssh started execs the real plugin: no python or aws process of the connect stays."""
     iid = rig.add_instance()
     argv = rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", "echo ready; sleep 4")
-    proc = subprocess.Popen(argv, env=rig.env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, env=rig.env(home, aws_variant), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ready\n"
-        tree = descendants(proc.pid)
-        cmdlines = [cmdline(p) for p in tree]
-        ours = [p for p in tree if "cloudx_proxy" in cmdline(p)]
-        assert len(ours) == 1, cmdlines
-        session = [p for p in tree if "start-session" in cmdline(p)]
-        assert len(session) == 1 and session[0] in descendants(ours[0]), cmdlines
-        assert not [c for c in cmdlines if c.startswith(("sh ", "/bin/sh "))], cmdlines
+        tree = [p for p in descendants(proc.pid) if not _zombie(p)]
+        assert len(tree) == 1, [cmdline(p) for p in tree]
+        assert "session-manager-plugin" in cmdline(tree[0]) and f'"Target": "{iid}"' in cmdline(tree[0])
+        (call,) = rig.plugin_calls()
+        assert call["pid"] == tree[0] and call["ppid"] == proc.pid, "the plugin runs in the pid ssh started"
+        assert call["form"] == ("env" if aws_variant == "v1" else "arg"), "as this aws CLI passes the answer"
+        ours = [
+            p for p in _live_pids()
+            if p != proc.pid and (str(pyz) in cmdline(p) or ("start-session" in cmdline(p) and iid in cmdline(p)))
+        ]  # fmt: skip
+        assert ours == [], [cmdline(p) for p in ours]
     finally:
         proc.wait(timeout=30)
+    assert proc.returncode == 0
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _live_pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and not _zombie(int(e))]
 
 
 # --- cold path -----------------------------------------------------------------
@@ -180,8 +198,21 @@ def test_cold_connect_from_stopped(rig: Rig, home: Home, pyz: Path, aws_variant:
 
 def test_cold_connect_from_stopping(rig: Rig, home: Home, pyz: Path) -> None:
     iid = rig.add_instance(online_delay=1)
-    rig.begin_stopping(iid, seconds=15)  # longer than our first round, even on a loaded machine
-    res = ssh(rig, home, pyz, iid, "echo back")
+    rig.begin_stopping(iid)  # stopping until the test releases it
+    proc = subprocess.Popen(
+        rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", "echo back"),
+        env=rig.env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        rig.wait_for_call("DescribeInstances", instance_id=iid)  # it saw "stopping" and waits for "stopped"
+        assert proc.poll() is None
+        rig.release(iid)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "back\n"
     assert "stopping" in res.stderr
@@ -189,11 +220,26 @@ def test_cold_connect_from_stopping(rig: Rig, home: Home, pyz: Path) -> None:
 
 
 def test_connect_waits_for_a_pending_instance(rig: Rig, home: Home, pyz: Path) -> None:
+    """Someone else started it: pending until the test says so, however slow the machine."""
     iid = rig.add_instance(state="stopped")
     rig.moto_client("ec2").start_instances(InstanceIds=[iid])
-    rig.set_instance(iid, started_now=True, pending_seconds=4, online_delay=5)  # our key push comes within 4 s
-    res = ssh(rig, home, pyz, iid, "echo ok")
+    rig.set_instance(iid, started_now=True, hold="pending")
+    proc = subprocess.Popen(
+        rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", "echo ok"),
+        env=rig.env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        rig.wait_for_call("SendSSHPublicKey", instance_id=iid, count=2)  # refused, then the wait's first probe
+        assert proc.poll() is None, "still waiting while pending"
+        rig.release(iid)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert res.returncode == 0, res.stderr
+    assert res.stdout == "ok\n"
     assert "Waiting for SSM connectivity..." in res.stderr
     assert f"Starting instance {iid}" not in res.stderr, "it was pending: started by someone else"
 

@@ -719,3 +719,46 @@ def test_error_lines_from_aws_text_stay_one_clean_line(capsys: pytest.CaptureFix
     assert cp.printable("a\nb\tc") == "a b c"
     text = cp.render_findings([(cp.FAIL, "instance", e.message + "\nforged line", "")])
     assert text.count("\n") == 2 and "\x1b" not in text
+
+
+# --- connect: the cold wait's schedule, the hand-off record --------------------------------
+def test_a_young_instance_is_looked_at_sparsely_then_every_poll_interval() -> None:
+    launched = 1000.0
+    rounds, last = [], None
+    while True:
+        due = cp.next_round_at(launched + 0.3 if last is None else last, launched, last)
+        if due > launched + 25:
+            break
+        rounds.append(round(due - launched, 3))
+        last = due
+    assert rounds == [5.0, 10.0, 15.0, 17.0, 19.0, 21.0, 23.0, 25.0]
+
+
+def test_the_schedule_never_looks_back_and_an_unknown_launch_polls_now() -> None:
+    assert cp.next_round_at(50.0, None, None) == 50.0
+    assert cp.next_round_at(50.0, None, 50.0) == 50.0 + cp.POLL_SECONDS
+    assert cp.next_round_at(70.0, None, 50.0) == 70.0
+    # Late (a slow round): due now, not in the past; a launch long ago is polled densely.
+    assert cp.next_round_at(1030.0, 1000.0, 1016.0) == 1031.0
+    assert cp.next_round_at(5000.0, 1000.0, None) == 5001.0
+
+
+def test_parse_handoff_waits_for_the_whole_record_and_ignores_forgeries() -> None:
+    nonce = b"cloudx-proxy-handoff-ab"
+    record = b"\n" + nonce + b'\x003\x00a1\x00eu-west-1\x00StartSession\x00{"SessionId": "s"}\x00' + nonce + b"\n"
+    assert cp.parse_handoff(b"warning\n" + record, nonce) == (["a1", "eu-west-1", "StartSession"], '{"SessionId": "s"}')
+    for cut in range(len(record)):
+        assert cp.parse_handoff(record[:cut], nonce) is None
+    other = record.replace(nonce, b"cloudx-proxy-handoff-xx")
+    assert cp.parse_handoff(other, nonce) is None
+    assert cp.parse_handoff(record.replace(b"\x003\x00", b"\x009\x00", 1), nonce) is None
+
+
+def test_plugin_env_carries_the_answer_only_where_aws_named_it() -> None:
+    env = {"PATH": "/bin", "CLOUDX_PROXY_HANDOFF": "n", "CLOUDX_PROXY_PLUGIN": "/p", "AWS_PROFILE": "x"}
+    args = [cp.SSM_RESPONSE_ENV, "r", "StartSession", "p", "{}", "e"]
+    assert cp.plugin_env(env, args, "{}") == {"PATH": "/bin", "AWS_PROFILE": "x", cp.SSM_RESPONSE_ENV: "{}"}
+    assert cp.plugin_env(env, ['{"SessionId": "s"}', *args[1:]], "") == {"PATH": "/bin", "AWS_PROFILE": "x"}
+    assert cp.session_id_of(args, '{"SessionId": "s-1"}') == "s-1"
+    assert cp.session_id_of(args, "not json") is None
+    assert cp.session_id_of(['{"SessionId": "a b"}'], "") is None, "a session id is checked before use"

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from typing import Any
 import boto3
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+# aws CLI v1 from before 1.30.3 (tests/requirements-aws-old.txt), in a venv of its own.
+V1_OLD_VENV = REPO / ".venv-aws-old"
+V1_OLD_BEFORE = (1, 30, 3)  # from this version on, v1 asks the plugin --version and may use the env var
+HOLDS = (None, "pending", "offline")
 PYTHON = sys.executable
 PY_BIN = os.path.dirname(PYTHON)
 SSHD = "/usr/sbin/sshd"
@@ -70,6 +76,30 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def _wait_for(found: Callable[[], list[dict]], count: int, timeout: float, what: str) -> list[dict]:
+    """Poll found() every 0.05 s until it returns `count` items; TimeoutError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        items = found()
+        if len(items) >= count:
+            return items
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{len(items)} of {count} {what} after {timeout}s")
+        time.sleep(0.05)
+
+
+def old_v1_aws(venv: Path = V1_OLD_VENV) -> str | None:
+    """The venv's aws script if it holds awscli older than 1.30.3 (read from its metadata), else None."""
+    aws = venv / "bin" / "aws"
+    if not os.access(aws, os.X_OK):
+        return None
+    for info in venv.glob("lib/python*/site-packages/awscli-*.dist-info"):
+        version = tuple(int(p) for p in info.name[len("awscli-") : -len(".dist-info")].split(".")[:3])
+        if version < V1_OLD_BEFORE:
+            return str(aws)
+    return None
+
+
 def aws_major_version(path: str) -> int | None:
     """Major version of an aws CLI binary, or None if it does not run."""
     try:
@@ -89,6 +119,7 @@ class Rig:
         self.dir = Path(workdir)
         self.bin_dir = self.dir / "bin"
         self.v2_bin_dir = self.dir / "v2bin"
+        self.v1_old_bin_dir = self.dir / "v1oldbin"
         self.plugin_log = self.dir / "plugin.log"
         self.host_key = self.dir / "ssh_host_ed25519_key"
         self.procs: list[subprocess.Popen] = []
@@ -97,6 +128,7 @@ class Rig:
         self.endpoint_url = ""
         self.aws_v1 = os.path.join(PY_BIN, "aws")
         self.aws_v2: str | None = None
+        self.aws_v1_old: str | None = None
         self.keys_root: Path | None = None
         self._clients: dict[tuple[str, str], Any] = {}
 
@@ -129,6 +161,7 @@ class Rig:
         self._prepare_host()
         self._write_plugin()
         self._write_v2_wrapper()
+        self._link_v1_old()
         wait_port(moto_port, moto)
         wait_port(ep_port, endpoint)
 
@@ -177,10 +210,34 @@ class Rig:
         subprocess.run(["usermod", "-p", "*", LOGIN_USER], check=True)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
 
-    def _write_plugin(self) -> None:
-        plugin = self.bin_dir / "session-manager-plugin"
+    def _write_plugin(self, bin_dir: Path | None = None) -> Path:
+        plugin = (bin_dir or self.bin_dir) / "session-manager-plugin"
         plugin.write_text(f"#!{PYTHON} -S\n" + (HERE / "session_manager_plugin.py").read_text())
         plugin.chmod(0o755)
+        if bin_dir is None:  # RIG_PLUGIN_VANISH_AFTER_VERSION will not remove the shared copy
+            (self.bin_dir / ".rig-shared").write_text("")
+        return plugin
+
+    def plugin_dir(self, path: Path) -> Path:
+        """A private dir holding a fresh copy of the stand-in plugin (for rig.env(plugin_dir=...)).
+
+        Use it for tests that damage the plugin (RIG_PLUGIN_VANISH_AFTER_VERSION): the rig's
+        shared copy serves every later test of the pytest worker.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self._write_plugin(path)
+        return path
+
+    def _link_v1_old(self) -> None:
+        aws = old_v1_aws()
+        if aws is None:
+            return
+        self.v1_old_bin_dir.mkdir(exist_ok=True)
+        link = self.v1_old_bin_dir / "aws"
+        if not link.is_symlink():
+            link.symlink_to(aws)  # its shebang names the venv's python
+        self.aws_v1_old = str(link)
 
     def _write_v2_wrapper(self) -> None:
         if not os.path.exists(SYSTEM_AWS) or aws_major_version(SYSTEM_AWS) != 2:
@@ -195,17 +252,27 @@ class Rig:
         self.aws_v2 = str(wrapper)
 
     # --- environments ----------------------------------------------------------
-    def env(self, home: Path | Home, aws: str = "v1") -> dict[str, str]:
-        """A clean environment for subprocesses using HOME and the chosen aws CLI."""
+    def env(self, home: Path | Home, aws: str = "v1", plugin_dir: Path | None = None) -> dict[str, str]:
+        """A clean environment for subprocesses using HOME and the chosen aws CLI.
+
+        aws: "v1" (pip, next to sys.executable), "v2" (Debian's), "v1old" (awscli 1.29 in
+        .venv-aws-old). plugin_dir: a dir from plugin_dir() to find the plugin in instead of the
+        rig's shared one.
+        """
         home_path = home.path if isinstance(home, Home) else Path(home)
+        first = str(self.bin_dir if plugin_dir is None else plugin_dir)
         if aws == "v1":
-            path = [str(self.bin_dir), PY_BIN, "/usr/bin", "/bin"]
+            path = [first, PY_BIN, "/usr/bin", "/bin"]
         elif aws == "v2":
             if self.aws_v2 is None:
                 raise RuntimeError("aws CLI v2 is not available")
-            path = [str(self.bin_dir), str(self.v2_bin_dir), PY_BIN, "/usr/bin", "/bin"]
+            path = [first, str(self.v2_bin_dir), PY_BIN, "/usr/bin", "/bin"]
+        elif aws == "v1old":
+            if self.aws_v1_old is None:
+                raise RuntimeError(f"aws CLI v1 older than 1.30.3 is not installed in {V1_OLD_VENV}")
+            path = [first, str(self.v1_old_bin_dir), PY_BIN, "/usr/bin", "/bin"]
         else:
-            raise ValueError(f"aws must be 'v1' or 'v2', not {aws!r}")
+            raise ValueError(f"aws must be 'v1', 'v2' or 'v1old', not {aws!r}")
         return {
             "HOME": str(home_path),
             "PATH": ":".join(path),
@@ -288,6 +355,8 @@ class Rig:
         """Create an instance in moto (running or stopped), its sshd, and register it."""
         if state not in ("running", "stopped"):
             raise ValueError("state must be 'running' or 'stopped'")
+        if knobs.get("hold") not in HOLDS:
+            raise ValueError(f"hold must be one of {HOLDS}, not {knobs['hold']!r}")
         ec2 = self.moto_client("ec2", region)
         kw: dict[str, Any] = {}
         if tags:
@@ -341,11 +410,20 @@ class Rig:
         return port, keys_dir
 
     def set_instance(self, instance_id: str, **knobs: Any) -> None:
-        """Update an instance's knobs (pending_seconds, online_delay, ssm, flap, ...)."""
+        """Update an instance's knobs (pending_seconds, online_delay, ssm, flap, hold, ...).
+
+        hold="pending" / "offline" holds the instance in that state until hold=None (release).
+        """
+        if knobs.get("hold") not in HOLDS:
+            raise ValueError(f"hold must be one of {HOLDS}, not {knobs['hold']!r}")
         self._control("/_rig/instance", {"instance_id": instance_id, **knobs})
 
-    def begin_stopping(self, instance_id: str, seconds: float) -> None:
-        """Stop in moto now; the endpoint reports 'stopping' for `seconds` first."""
+    def release(self, instance_id: str) -> None:
+        """End a hold and a held stopping now: running/Online at once (online_delay counts from now)."""
+        self._control("/_rig/release", {"instance_id": instance_id})
+
+    def begin_stopping(self, instance_id: str, seconds: float | None = None) -> None:
+        """Stop in moto now; the endpoint reports 'stopping' for `seconds` first (None: until release())."""
         self._control("/_rig/stopping", {"instance_id": instance_id, "seconds": seconds})
 
     def moto_state(self, instance_id: str, region: str = "eu-west-1") -> str:
@@ -386,14 +464,58 @@ class Rig:
     def clear_calls(self) -> None:
         self._control("/_rig/log/clear")
 
+    def wait_for_call(
+        self, action: str, instance_id: str | None = None, count: int = 1, timeout: float = 60.0
+    ) -> list[dict]:
+        """Wait until the log holds `count` calls of `action` (naming `instance_id`); return them.
+
+        For ordering a test against the code under test ("once it has called StartInstances,
+        release the instance") instead of sleeping. TimeoutError after `timeout` seconds.
+        """
+        return _wait_for(
+            lambda: [c for c in self.calls(action) if instance_id is None or instance_id in c["instance_ids"]],
+            count,
+            timeout,
+            f"{action} call(s) for {instance_id}",
+        )
+
+    def wait_for_plugin_call(self, instance_id: str | None = None, count: int = 1, timeout: float = 60.0) -> list[dict]:
+        """Wait until the plugin log holds `count` session calls (for `instance_id`); return them.
+
+        An entry is written once the token is redeemed, just before the plugin connects: from
+        then on the session's process is the plugin (e.g. to read /proc during a session).
+        """
+        return _wait_for(
+            lambda: [c for c in self.plugin_calls() if instance_id is None or c["target"] == instance_id],
+            count,
+            timeout,
+            f"plugin session call(s) for {instance_id}",
+        )
+
+    def sessions(self) -> dict[str, dict]:
+        """Sessions StartSession issued: {session id: {"target", "redeemed", "terminated"}}."""
+        return self._control("/_rig/sessions", method="GET")
+
+    def endpoint_client(self, service: str, region: str = "eu-west-1") -> Any:
+        """A boto3 client talking to the rig endpoint (logged, with the endpoint's answers)."""
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=region, **FAKE_CREDS)
+
     def plugin_calls(self) -> list[dict]:
         """One entry per session-manager-plugin session invocation."""
         if not self.plugin_log.exists():
             return []
         return [json.loads(line) for line in self.plugin_log.read_text().splitlines() if line]
 
+    def plugin_version_calls(self) -> list[dict]:
+        """One entry ({"pid", "ppid", "exe"}) per `session-manager-plugin --version`."""
+        path = Path(f"{self.plugin_log}.version")
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
     def clear_plugin_calls(self) -> None:
         self.plugin_log.unlink(missing_ok=True)
+        Path(f"{self.plugin_log}.version").unlink(missing_ok=True)
 
     # --- ssh -------------------------------------------------------------------------
     def ssh_argv(

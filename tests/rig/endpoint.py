@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import http.client
 import json
+import math
 import os
 import re
 import secrets
@@ -34,7 +35,11 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
     "online_delay": 0.0,
     "ssm": None,
     "flap": 0,
+    "hold": None,
 }
+# hold: "pending" shows a running instance as pending, "offline" keeps its agent from being
+# Online, until the test releases it (hold None); see docs/test-rig.md.
+HOLDS = (None, "pending", "offline")
 CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/[^/]+/([^/]+)/([^/]+)/aws4_request")
 HOP_HEADERS = {
     "connection",
@@ -65,7 +70,9 @@ class State:
         self.state_dir = state_dir
         self.log: list[dict[str, Any]] = []
         self.instances: dict[str, dict[str, Any]] = {}
-        self.stopping: dict[str, float] = {}  # instance id -> overlay end time
+        self.stopping: dict[str, float] = {}  # instance id -> overlay end time (inf: until released)
+        # session id -> {"token", "target", "redeemed", "terminated"}: a token is redeemed once.
+        self.sessions: dict[str, dict[str, Any]] = {}
         self.faults: dict[str, list[dict[str, Any]]] = {}
         # key_ttl: seconds a pushed key stays valid; latency: seconds every AWS request waits
         # before it is answered (real AWS calls cost a network round trip).
@@ -122,6 +129,19 @@ class State:
         """moto's state name for an instance, or None if moto does not know it."""
         return self.moto_states(region, [instance_id]).get(instance_id)
 
+    def redeem(self, session_id: str, token: str) -> str | None:
+        """Accept a session's token once (the plugin's data channel); the reason if refused."""
+        with self.lock:
+            sess = self.sessions.get(session_id)
+            if sess is None or not secrets.compare_digest(sess["token"], token):
+                return "unknown session or token"
+            if sess["terminated"]:
+                return "session terminated"
+            if sess["redeemed"]:
+                return "token already used"
+            sess["redeemed"] = True
+            return None
+
     # --- effective state ---------------------------------------------------
     def effective_state(self, instance_id: str, moto_state: str | None, now: float | None = None) -> str | None:
         now = time.time() if now is None else now
@@ -129,12 +149,14 @@ class State:
             if self.stopping.get(instance_id, 0) > now:
                 return "stopping"
             inst = self.instances.get(instance_id)
-            pending_until = (
-                inst["started_at"] + float(inst["pending_seconds"] or 0)
-                if inst and inst.get("started_at") is not None
-                else 0.0
-            )
-            if moto_state == "running" and now < pending_until:
+            if moto_state != "running" or not inst:
+                return moto_state
+            if inst.get("hold") == "pending":
+                return "pending"
+            started = inst.get("started_at")
+            # A release after the start ends what is left of pending_seconds.
+            released = inst.get("released_at") or 0.0
+            if started is not None and released < started and now < started + float(inst["pending_seconds"] or 0):
                 return "pending"
             return moto_state
 
@@ -142,13 +164,41 @@ class State:
         inst = self.instances[instance_id]
         if inst.get("ssm"):
             return inst["ssm"]
-        started = inst.get("started_at")
-        reached = started is not None and now >= started + float(inst["online_delay"] or 0)
+        reached = agent_reached(inst, now)
         if state == "running" and reached:
             return "Online"
-        if inst.get("was_online") or (started is not None and reached):
+        if inst.get("was_online") or reached:
             return "ConnectionLost"
         return None
+
+
+def agent_reached(inst: dict[str, Any], now: float) -> bool:
+    """Whether the agent has come Online since the last start (or release): not while held."""
+    started = inst.get("started_at")
+    if inst.get("hold") or started is None:
+        return False
+    base = max(started, inst.get("released_at") or 0.0)
+    return now >= base + float(inst["online_delay"] or 0)
+
+
+def mark_started(inst: dict[str, Any], now: float) -> None:
+    """The instance (re)starts now: remember whether it had been Online before."""
+    inst["was_online"] = inst["was_online"] or agent_reached(inst, now)
+    inst["started_at"] = now
+
+
+def update_instance(inst: dict[str, Any], data: dict[str, Any], existed: bool, now: float) -> None:
+    """Apply a partial knob update; holding remembers Online, releasing starts the clock."""
+    if "hold" in data:
+        if data["hold"] not in HOLDS:
+            raise ValueError(f"hold must be one of {HOLDS}, not {data['hold']!r}")
+        if data["hold"] and not inst.get("hold") and existed:
+            inst["was_online"] = inst["was_online"] or agent_reached(inst, now)
+        if data["hold"] is None and inst.get("hold"):
+            inst["released_at"] = now
+    if data.get("started_now"):  # e.g. after a start straight through moto
+        mark_started(inst, now)
+    inst.update({k: v for k, v in data.items() if k not in ("instance_id", "state", "started_now")})
 
 
 def _local(tag: str) -> str:
@@ -350,27 +400,40 @@ class Handler(BaseHTTPRequestHandler):
             elif path == "/_rig/instance":
                 iid = data["instance_id"]
                 inst = st.instances.get(iid)
+                existed = inst is not None
                 if inst is None:
-                    inst = st.instances[iid] = dict(INSTANCE_DEFAULTS, started_at=None, was_online=False)
+                    inst = st.instances[iid] = dict(
+                        INSTANCE_DEFAULTS, started_at=None, released_at=None, was_online=False
+                    )
                     state = data.get("state", "running")
                     if state == "running":
                         inst["started_at"] = time.time()
                     elif state == "stopped":
                         inst["was_online"] = True  # it ran before it was stopped
-                if data.get("started_now"):  # e.g. after a start straight through moto
-                    now = time.time()
-                    inst["was_online"] = inst["was_online"] or bool(
-                        inst.get("started_at") is not None
-                        and now >= inst["started_at"] + float(inst["online_delay"] or 0)
-                    )
-                    inst["started_at"] = now
-                inst.update({k: v for k, v in data.items() if k not in ("instance_id", "state", "started_now")})
+                update_instance(inst, data, existed, time.time())
+            elif path == "/_rig/release":
+                iid = data["instance_id"]
+                st.stopping.pop(iid, None)
+                if iid in st.instances:  # also ends what is left of pending_seconds
+                    update_instance(st.instances[iid], {"hold": None}, True, time.time())
+                    st.instances[iid]["released_at"] = time.time()
+            elif path == "/_rig/redeem":
+                refused = st.redeem(str(data.get("session_id") or ""), str(data.get("token") or ""))
+                if refused:
+                    return self._json(403, {"error": refused}, "application/json")
+            elif path == "/_rig/sessions" and self.command == "GET":
+                return self._json(
+                    200,
+                    {sid: {k: v for k, v in s.items() if k != "token"} for sid, s in st.sessions.items()},
+                    "application/json",
+                )
             elif path == "/_rig/stopping":
                 iid = data["instance_id"]
                 inst = st.instances.get(iid, {})
                 region = data.get("region") or inst.get("region") or "eu-west-1"
                 st.moto_ec2(region, "StopInstances", {"InstanceId.1": iid})
-                st.stopping[iid] = time.time() + float(data.get("seconds", 0))
+                seconds = data.get("seconds")
+                st.stopping[iid] = math.inf if seconds is None else time.time() + float(seconds)
                 if inst:
                     inst["was_online"] = inst["was_online"] or st.ping_status(iid, "running", time.time()) == "Online"
             elif path == "/_rig/fault":
@@ -496,11 +559,7 @@ class Handler(BaseHTTPRequestHandler):
                 with st.lock:
                     inst = st.instances.get(iid)
                     if inst is not None and prev != "running":
-                        inst["was_online"] = inst["was_online"] or bool(
-                            inst.get("started_at") is not None
-                            and now >= inst["started_at"] + float(inst["online_delay"] or 0)
-                        )
-                        inst["started_at"] = now
+                        mark_started(inst, now)
                 if inst is not None:
                     cur = _child(item, "currentState")
                     moto_name = _child_text(cur, "name")
@@ -579,17 +638,26 @@ class Handler(BaseHTTPRequestHandler):
         port = str(((body.get("Parameters") or {}).get("portNumber") or ["22"])[0])
         mapped = inst["ssh_port"] if port == "22" and inst.get("ssh_port") else st.dead_port
         sid = f"{access_key or 'rig'}-{secrets.token_hex(8)}"
+        token = secrets.token_urlsafe(32)
+        with st.lock:
+            st.sessions[sid] = {"token": token, "target": target, "redeemed": False, "terminated": False}
+        # rig_redeem: the port the stand-in plugin redeems the token at (POST /_rig/redeem).
+        query = f"role=publish_subscribe&rig_redeem={self.server.server_address[1]}"
         self._json(
             200,
             {
                 "SessionId": sid,
-                "TokenValue": secrets.token_urlsafe(32),
-                "StreamUrl": f"wss://127.0.0.1:{mapped}/v1/data-channel/{sid}?role=publish_subscribe",
+                "TokenValue": token,
+                "StreamUrl": f"wss://127.0.0.1:{mapped}/v1/data-channel/{sid}?{query}",
             },
         )
 
     def _h_ssm_TerminateSession(self, _region: str, body: dict, _ak: str) -> None:
-        self._json(200, {"SessionId": body.get("SessionId", "")})
+        sid = str(body.get("SessionId", ""))
+        with self.st.lock:
+            if sid in self.st.sessions:
+                self.st.sessions[sid]["terminated"] = True
+        self._json(200, {"SessionId": sid})
 
     # --- EC2 Instance Connect ---------------------------------------------
     def _h_ec2_instance_connect_SendSSHPublicKey(self, region: str, body: dict, _ak: str) -> None:

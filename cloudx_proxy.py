@@ -570,8 +570,13 @@ def push_record_fresh(record: object, expect: dict[str, str], now: float, window
 # Line breaks besides '\n' that str.splitlines() honours but ssh does not.
 CONFIG_PATH_FORBIDDEN = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 HOST_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}")
-SECTION_RE = re.compile(r"[\s\ufeff]*(host|match)(?:\s*=\s*|\s+)(.*?)\s*$", re.I)
-KEYWORD_RE = re.compile(r"[\s\ufeff]*([A-Za-z][A-Za-z0-9]*)")
+# A config line's keyword and the rest, as OpenSSH's strdelim() splits them: the keyword may be
+# double-quoted ('"Host" x'; then only blanks follow it, an '=' belongs to the value), else one
+# '=' and blanks around it may separate. A BOM counts as a blank here (ssh itself refuses it:
+# doctor reports that), so that every parser of ours agrees on where a block starts.
+DIRECTIVE_RE = re.compile(
+    r'[\s\ufeff]*(?:"([A-Za-z][A-Za-z0-9]*)"\s*|([A-Za-z][A-Za-z0-9]*)(?=[\s="]|$)\s*(?:=\s*)?)(.*)', re.S
+)
 BANNER_PREFIXES = ("# Created by cloudX-proxy", "# Created by cloudx-proxy", "# Configuration type:")
 # PyPI cloudx-proxy 0.17 heads its file with a version line and puts a section banner
 # (rule, title, rule, blank line) above its generic block, each environment and its
@@ -616,6 +621,8 @@ FIRST_WINS_KEYWORDS = frozenset(
         "hostkeyalias",
     ]
 )
+# Keywords whose value is a path: an unquoted one with a blank is one path with spaces (requote_path_line).
+REQUOTE_KEYWORDS = ("identityfile", "identityagent", "controlpath", "certificatefile", "userknownhostsfile")
 IAM_USER_RE = re.compile(r"cloudx-([A-Za-z0-9_.]+)-(.+)", re.I)
 OP_ITEM_TITLE = "cloudX SSH Key - {key}"
 OP_AGENT_SOCKETS = (
@@ -748,6 +755,13 @@ def render_banner(kind: str, when: str) -> str:
     return f"# Created by cloudX-proxy v{__version__} on {when}\n# Configuration type: {kind}\n"
 
 
+def prefix_spellings(prefix: str) -> list[str]:
+    """The prefix spellings our wildcard Host lines carry, the configured one first, as PyPI
+    cloudx-proxy 0.17.4+ writes them ('Host cloudX-* cloudx-*'): ssh matches Host patterns
+    case-sensitively, and host entries exist in both spellings."""
+    return list(dict.fromkeys([prefix, prefix.lower(), *(["cloudX"] if prefix.lower() == "cloudx" else [])]))
+
+
 def render_generic_block(prefix: str, windows: bool = False) -> str:
     """Host {prefix}-*: settings shared by every environment."""
     c = "# " if windows else ""  # Windows' OpenSSH has no multiplexing: left for the user to enable
@@ -784,8 +798,7 @@ class ConfigBlock:
 
     def words(self) -> list[str]:
         """The patterns of a Host line, unquoted, without a trailing comment ([] for Match and the preamble)."""
-        parsed = parse_directive("Host " + self.patterns) if self.keyword == "host" else None
-        return split_patterns(parsed[1]) if parsed else []
+        return split_patterns(split_comment(self.patterns)[0]) if self.keyword == "host" else []
 
     def is_host(self, pattern: str) -> bool:
         """True for a Host block of that one pattern, in one or more spellings of case.
@@ -798,7 +811,7 @@ class ConfigBlock:
 
     def header_index(self) -> int:
         """Index of the Host/Match line: the lines above it are a banner."""
-        return next((i for i, ln in enumerate(self.lines) if SECTION_RE.match(ln)), 0)
+        return next((i for i, ln in enumerate(self.lines) if section_match(ln)), 0)
 
     def original_banner(self) -> bool:
         """True when the banner above the block is PyPI cloudx-proxy's section banner."""
@@ -836,13 +849,13 @@ def split_config(text: str) -> list[ConfigBlock]:
     """
     blocks = [ConfigBlock(None, "", [])]
     for line in split_lines(text):
-        match = SECTION_RE.match(line)
+        match = section_match(line)
         if match:
             prev = blocks[-1].lines
             start = _banner_start(prev)
             banner = prev[start:]
             del prev[start:]
-            blocks.append(ConfigBlock(match.group(1).lower(), match.group(2), banner + [line]))
+            blocks.append(ConfigBlock(match[0], match[1], banner + [line]))
         else:
             blocks[-1].lines.append(line)
     return blocks
@@ -901,6 +914,37 @@ def set_owned_lines(block: ConfigBlock, kind: str, rendered: list[str], newline:
     return changed
 
 
+def requote_path_line(line: str) -> str:
+    """A path directive (REQUOTE_KEYWORDS) whose unquoted value has blanks, with the value double-quoted;
+    any other line unchanged (so repairing twice changes nothing).
+
+    Versions before 0.17.2 and hand edits wrote 'IdentityFile /Users/First Last/.ssh/cloudX/cloudX';
+    ssh then refuses the whole config ('extra arguments at end of line'). As PyPI cloudx-proxy does,
+    the value is wrapped, never rebuilt; one with a double quote or backslash is left alone.
+    UserKnownHostsFile takes several files: quoted only when a later word cannot be a file of its own.
+    """
+    found = split_directive(line)
+    parsed = parse_directive(line)
+    if not found or not parsed or parsed[0] not in REQUOTE_KEYWORDS:
+        return line
+    value = parsed[1]
+    words = ssh_words(value)
+    if len(words) < 2 or '"' in value or "\\" in value:
+        return line
+    if parsed[0] == "userknownhostsfile" and all(w[:1] in ("/", "~", "%", "$") for w in words[1:]):
+        return line
+    start = len(line) - len(found[1].lstrip())
+    return line[:start] + f'"{value}"' + line[start + len(value) :]
+
+
+def requote_paths(block: ConfigBlock) -> bool:
+    """Quote the unquoted path values with blanks in a block's lines (requote_path_line); True if any changed."""
+    fixed = [requote_path_line(ln) for ln in block.lines]
+    changed = fixed != block.lines
+    block.lines[:] = fixed
+    return changed
+
+
 def _set_banner(block: ConfigBlock, kind: str, when: str, newline: str) -> None:
     """Replace whatever banner a block has with ours."""
     block.lines[: block.header_index()] = _block_lines(render_banner(kind, when), newline)
@@ -922,14 +966,39 @@ def _add_patterns(block: ConfigBlock, patterns: list[str], newline: str) -> list
     return missing
 
 
+def is_catch_all(block: ConfigBlock) -> bool:
+    """A 'Host *' block (negations or not) or 'Match all': it applies to (nearly) every host."""
+    if block.keyword == "match":
+        return split_comment(block.patterns)[0].lower().split() == ["all"]
+    return "*" in block.words()
+
+
 def _insert_position(blocks: list[ConfigBlock], stem: str | None) -> int:
-    """After the last block whose patterns all start with `stem` (case-insensitive); else the end."""
+    """After the last block whose patterns all start with `stem` (case-insensitive); else the end.
+    Never after the first catch-all (is_catch_all): ssh takes a value from the first block that sets it."""
+    end = next((i for i in range(1, len(blocks)) if is_catch_all(blocks[i])), len(blocks))
     if stem:
         for index in range(len(blocks) - 1, 0, -1):
             words = blocks[index].words()
             if words and all(w.lower().startswith(stem.lower()) for w in words):
-                return index + 1
-    return len(blocks)
+                return min(index + 1, end)
+    return end
+
+
+def shadowing_catch_alls(text: str, patterns: list[str]) -> list[str]:
+    """For each of our blocks (by pattern) below a catch-all that sets a first-wins keyword it sets too:
+    'Host * (sets user) is above Host cloudX-*'. ssh then uses the catch-all's value for our hosts."""
+    found = []
+    blocks = split_config(text)
+    for pattern in patterns:
+        at = next((i for i, b in enumerate(blocks) if b.is_host(pattern)), None)
+        ours = {k for k, _ in block_keywords(blocks[at])} if at is not None else set()
+        for block in blocks[1:at]:
+            shared = sorted(ours & {k for k, _ in block_keywords(block)} & FIRST_WINS_KEYWORDS)
+            if is_catch_all(block) and shared:
+                header = " ".join(block.lines[block.header_index()].split())
+                found.append(f"'{header}' (sets {', '.join(shared)}) is above Host {pattern}")
+    return found
 
 
 def _insert_block(blocks: list[ConfigBlock], index: int, pattern: str, lines: list[str], newline: str) -> None:
@@ -998,8 +1067,11 @@ def merge_config(
             stem = (env_pattern[:-1] if kind == "host" and env_pattern else None) or (
                 prefix + "-" if kind != "generic" and prefix else None
             )
-            _insert_block(blocks, _insert_position(blocks, stem), pattern, lines, newline)
-            notes.append(f"added {kind} block Host {' '.join(spellings)}")
+            at = _insert_position(blocks, stem)
+            _insert_block(blocks, at, pattern, lines, newline)
+            above = next((b for b in blocks[at + 1 :] if is_catch_all(b)), None)
+            where = f" (above '{' '.join(above.lines[above.header_index()].split())}')" if above else ""
+            notes.append(f"added {kind} block Host {' '.join(spellings)}{where}")
             continue
         target = existing[0]
         changed = False
@@ -1035,13 +1107,15 @@ def adopt_config(text: str, program: list[str], when: str, windows: bool = False
     In setup's generic and environment blocks (any case spellings), a ProxyCommand
     running the original ('uvx cloudx-proxy connect …') is rewritten in place by
     adopt_proxy_command; the original's section banners and 'Managed by' line are
-    replaced by our banners. No other line changes. Returns the text and one note
-    per adopted ProxyCommand.
+    replaced by our banners; in every block of ours an unquoted path with spaces is
+    quoted (requote_path_line). No other line changes. Returns the text and one note
+    per adopted ProxyCommand or repaired block.
     """
     newline = "\r\n" if "\r\n" in text or text.endswith("\r") else "\n"
     parsed = parse_cloudx_config(text)
     kinds = {p.lower(): "generic" for p in parsed["generic"]}
     kinds.update({str(e["pattern"]).lower(): "environment" for e in parsed["environments"].values()})
+    kinds.update({str(h["host"]).lower(): "host" for h in parsed["hosts"]})
     blocks = split_config(text)
     notes: list[str] = []
     changed = False
@@ -1049,6 +1123,10 @@ def adopt_config(text: str, program: list[str], when: str, windows: bool = False
         words = {w.lower() for w in block.words()}
         kind = kinds.get(words.pop(), "") if len(words) == 1 else ""
         if not kind:
+            continue
+        if requote_paths(block):
+            notes.append(f"repaired Host {' '.join(block.words())}: quoted a path with spaces (ssh refused it)")
+        if kind == "host":
             continue
         adopted = False
         for i in _directive_indexes(block, "proxycommand"):
@@ -1104,23 +1182,65 @@ def ssh_words(value: str) -> list[str]:
     return words
 
 
-def insert_include(text: str, include_path: str) -> str | None:
-    """~/.ssh/config with 'Include PATH' above its first Host/Match block; None if already there.
+def include_names(item: str, wanted: str, ssh_dir: str) -> bool:
+    """True if one word of an Include line names the file `wanted` as ssh reads it.
+
+    ssh expands '~', takes a relative path as relative to ~/.ssh (for a user's config)
+    and globs it (glob(3): '*' and '?' stay within one component, and match no leading '.').
+    """
+    import fnmatch
+
+    path = os.path.expanduser(item)
+    have = os.path.normpath(path if os.path.isabs(path) else os.path.join(ssh_dir, path)).split(os.sep)
+    want = os.path.normpath(wanted).split(os.sep)
+    return len(have) == len(want) and all(
+        fnmatch.fnmatchcase(w, h) and (h.startswith(".") or not w.startswith(".")) for h, w in zip(have, want)
+    )
+
+
+def applies_to_all(block: ConfigBlock) -> bool:
+    """True where ssh applies a line to every host: above the first block, in 'Host *' (no negation), 'Match all'."""
+    if block.keyword is None:
+        return True
+    if block.keyword == "match":
+        return split_comment(block.patterns)[0].lower().split() == ["all"]
+    words = block.words()
+    return "*" in words and not any(w.startswith("!") for w in words)
+
+
+def include_position(text: str, config_path: str, ssh_dir: str | None = None) -> str:
+    """Where a config includes config_path: 'before' (where ssh applies it to every host, see
+    applies_to_all), 'inside' (only within other Host/Match blocks), or 'missing'."""
+    ssh_dir = ssh_dir or os.path.join(os.path.expanduser("~"), ".ssh")
+    wanted = os.path.normpath(os.path.expanduser(config_path))
+    where = "missing"
+    for block in split_config(text):
+        for line in block.lines[block.header_index() + 1 if block.keyword else 0 :]:
+            parsed = parse_directive(line)
+            if (
+                parsed
+                and parsed[0] == "include"
+                and any(include_names(w, wanted, ssh_dir) for w in ssh_words(parsed[1]))
+            ):
+                if applies_to_all(block):
+                    return "before"
+                where = "inside"
+    return where
+
+
+def insert_include(text: str, include_path: str, ssh_dir: str | None = None) -> str | None:
+    """~/.ssh/config with 'Include PATH' above its first Host/Match block; None if ssh already applies one
+    to every host (include_position). An Include of it inside a Host/Match block is kept (it is the user's).
 
     An Include at the end would fall inside the last Host block and apply only to it.
     """
     newline = "\r\n" if "\r\n" in text else "\n"
-    wanted = os.path.normpath(os.path.expanduser(include_path))
+    if include_position(text, include_path, ssh_dir) == "before":
+        return None
     lines = split_lines(text)
-    for line in lines:
-        parsed = parse_directive(line)
-        if parsed and parsed[0] == "include":
-            items = ssh_words(parsed[1])
-            if any(os.path.normpath(os.path.expanduser(item)) == wanted for item in [*items, parsed[1].strip()]):
-                return None
     include = f"Include {quote_config_value(include_path, percent=False)}{newline}"
     for index, line in enumerate(lines):
-        if SECTION_RE.match(line):
+        if section_match(line):
             return "".join(lines[:index] + [include, newline] + lines[index:])
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += newline
@@ -1134,26 +1254,46 @@ def render_vscode_settings(config_path: str, prefix: str) -> str:
 
 
 # --- list / doctor / cleanup: reading a config back ----------------------------
-def parse_directive(line: str) -> tuple[str, str, str] | None:
-    """(keyword lowercased, value, trailing comment) of one config line; None for blank/comment lines.
+def split_directive(line: str) -> tuple[str, str] | None:
+    """(keyword lowercased, the rest of the line) as ssh splits them (DIRECTIVE_RE); None if no keyword.
 
-    Accepts 'Key value', 'Key=value', tabs, double-quoted values and a trailing
-    '# comment' outside quotes, as a human may have written them.
+    The one tokenizer every reader of ours uses: 'Key value', 'Key=value', '"Key" value',
+    tabs, leading blanks (and a BOM).
     """
-    text = line.strip().lstrip("\ufeff")
-    if not text or text.startswith("#"):
-        return None
-    match = re.match(r"([A-Za-z][A-Za-z0-9]*)\s*(?:=\s*|\s+)?(.*)", text)
+    match = DIRECTIVE_RE.match(line)
     if not match:
         return None
-    rest, comment, quoted = match.group(2), "", False
+    return (match.group(1) or match.group(2)).lower(), match.group(3)
+
+
+def section_match(line: str) -> tuple[str, str] | None:
+    """('host' or 'match', the rest of the line without its line break) when the line starts a block."""
+    found = split_directive(line)
+    return (found[0], found[1].strip()) if found and found[0] in ("host", "match") else None
+
+
+def split_comment(rest: str) -> tuple[str, str]:
+    """A value and its trailing '# comment' (a '#' that starts a word outside double quotes)."""
+    quoted = False
     for i, ch in enumerate(rest):
         if ch == '"':
             quoted = not quoted
         elif ch == "#" and not quoted and (i == 0 or rest[i - 1].isspace()):
-            rest, comment = rest[:i], rest[i + 1 :].strip()
-            break
-    return match.group(1).lower(), rest.strip(), comment
+            return rest[:i].strip(), rest[i + 1 :].strip()
+    return rest.strip(), ""
+
+
+def parse_directive(line: str) -> tuple[str, str, str] | None:
+    """(keyword lowercased, value, trailing comment) of one config line; None for blank/comment lines.
+
+    Accepts 'Key value', 'Key=value', '"Key" value', tabs, double-quoted values and a
+    trailing '# comment' outside quotes, as a human may have written them.
+    """
+    found = split_directive(line)
+    if not found:
+        return None
+    value, comment = split_comment(found[1])
+    return found[0], value, comment
 
 
 def unquote(value: str) -> str:
@@ -1284,29 +1424,25 @@ def parse_cloudx_config(text: str) -> dict[str, Any]:
             continue
         kind = next((ln.split(":", 1)[1].strip() for ln in block.lines if ln.startswith("# Configuration type:")), None)
         directives: dict[str, str] = {}
-        host_comment = ""
-        for line in block.lines:
+        for line in block.lines[block.header_index() + 1 :]:
             parsed = parse_directive(line)
-            if not parsed:
-                continue
-            key, value, comment = parsed
-            if key == "host":
-                host_comment = comment
-                patterns = split_patterns(value)
-            else:
-                directives.setdefault(key, unquote(value))
-        blocks.append((kind, patterns, directives, host_comment))
+            if parsed:
+                directives.setdefault(parsed[0], unquote(parsed[1]))
+        blocks.append((kind, block.words(), directives, split_comment(block.patterns)[1]))
     prefixes = {"cloudx"}
     for kind, patterns, _, _ in blocks:
         for p in patterns:
             if kind == "generic" or re.fullmatch(r"cloud[xX]-\*", p):
                 prefixes.add(p[:-2].lower())
     generic: list[str] = []
+    generic_lines: list[str] = []  # as the Host lines spell them: 'cloudX-* cloudx-*'
     envs: dict[str, dict[str, Any]] = {}
     for _kind, patterns, directives, _ in blocks:
+        spelled: list[str] = []
         for p in patterns:
             if p.endswith("-*") and p[:-2].lower() in prefixes:
                 generic.append(p)
+                spelled.append(p)
                 continue
             pre = next((x for x in sorted(prefixes, key=len, reverse=True) if p.lower().startswith(x + "-")), None)
             if pre and p.endswith("-*") and "*" not in p[:-2] and "?" not in p:
@@ -1316,10 +1452,12 @@ def parse_cloudx_config(text: str) -> dict[str, Any]:
                     {
                         "name": name,
                         "pattern": p,
+                        "patterns": [q for q in patterns if q.lower() == p.lower()],
                         "directives": directives,
                         "options": parse_connect_options(directives.get("proxycommand", "")),
                     },
                 )
+        generic_lines += [" ".join(spelled)] if spelled else []
     hosts = []
     for _kind, patterns, directives, comment in blocks:
         for p in patterns:
@@ -1341,7 +1479,7 @@ def parse_cloudx_config(text: str) -> dict[str, Any]:
                     "comment": comment,
                 }
             )
-    return {"generic": generic, "environments": envs, "hosts": hosts}
+    return {"generic": generic, "generic_lines": generic_lines, "environments": envs, "hosts": hosts}
 
 
 def render_host_list(
@@ -1353,8 +1491,8 @@ def render_host_list(
     out = ["=== cloudX-proxy Configured Hosts ===", ""]
     if detailed:
         out.append("Generic Patterns:")
-        out += [f"  {p}" for p in parsed["generic"]]
-        out += [f"  {e['pattern']}" for e in envs.values()]
+        out += [f"  {line}" for line in parsed["generic_lines"]]
+        out += [f"  {' '.join(e['patterns'])}" for e in envs.values()]
         out.append("")
     groups: dict[str, list[dict[str, str]]] = {}
     for h in hosts:
@@ -3511,14 +3649,15 @@ def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str
     def update(old: str) -> str:
         text, adopted = adopt_config(old, program, s.when, s.windows)
         for note in adopted:
-            log(f"  adopting {note}")
-        s.adopted += adopted
+            log(f"  {note}" if note.startswith("repaired ") else f"  adopting {note}")
+        s.adopted += [note for note in adopted if not note.startswith("repaired ")]
         env_name, host = existing_names(text, s.prefix, env, hostname)
         if env_name != env:
             log(f"  using the existing environment '{env_name}' (matched '{env}')")
         result["host"] = host
-        # A host spelled differently (cloudx-… under prefix cloudX) must still match the wildcard blocks.
-        spellings = list(dict.fromkeys([s.prefix, host[: len(s.prefix)]]))
+        # Every spelling, as the original: a host spelled differently (cloudx-… under prefix cloudX),
+        # written now or later, must still match the wildcard blocks.
+        spellings = list(dict.fromkeys([*prefix_spellings(s.prefix), host[: len(s.prefix)]]))
         generic = render_generic_block(s.prefix, s.windows)
         generic = generic.replace(f"Host {s.prefix}-*", "Host " + " ".join(f"{p}-*" for p in spellings), 1)
         env_pattern = f"{s.prefix}-{env_name}-*"
@@ -3558,6 +3697,8 @@ def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str
         new, notes = merge_config(text, blocks, replace, s.when)
         for note in notes:
             log(f"  {note}")
+        for shadow in shadowing_catch_alls(new, [p for _, p, _ in blocks]):
+            log(f"  warning: {shadow}: ssh uses its values for these hosts; move it below our blocks")
         return new
 
     old, new = update_file(s.ssh_config, update, s.cache, s.dry_run)
@@ -3580,9 +3721,20 @@ def setup_include(s: Setup) -> None:
         return
     if not s.dry_run:
         ensure_private_dir(os.path.dirname(main_config))
-    old, new = update_file(main_config, lambda text: insert_include(text, s.ssh_config), s.cache, s.dry_run)
+    where = {"position": "missing"}
+
+    def update(text: str) -> str | None:
+        where["position"] = include_position(text, s.ssh_config, os.path.dirname(main_config))
+        return insert_include(text, s.ssh_config, os.path.dirname(main_config))
+
+    old, new = update_file(main_config, update, s.cache, s.dry_run)
     show_change(s, main_config, old, new)
     log(f"  {main_config} {'now includes' if new is not None else 'already includes'} {s.ssh_config}")
+    if where["position"] == "inside":
+        log(
+            f"  its Include of {s.ssh_config} sits inside a Host/Match block, where ssh applies it to that "
+            "block's hosts only: added one at the top (your line is kept)"
+        )
 
 
 MARKER_CHECK = (
@@ -3792,6 +3944,7 @@ def list_json(
             {
                 "name": h["environment"],
                 "pattern": info.get("pattern"),
+                "patterns": info.get("patterns"),
                 "profile": opts.get("profile"),
                 "ssh_key": opts.get("ssh-key"),
                 "ssh_dir": opts.get("ssh-dir"),
@@ -3809,6 +3962,7 @@ def list_json(
     return {
         "config": path,
         "generic": parsed["generic"],
+        "generic_lines": parsed["generic_lines"],
         "environments": [out_envs[k] for k in sorted(out_envs, key=str.lower)],
     }
 
@@ -3859,19 +4013,6 @@ def render_findings(findings: list[tuple[str, str, str, str]], color: bool = Fal
     warns = sum(1 for f in findings if f[0] == WARN)
     lines.append(f"{len(findings)} checks: {len(findings) - fails - warns} ok, {warns} warn, {fails} FAIL")
     return "\n".join(lines) + "\n"
-
-
-def include_position(main_text: str, config_path: str) -> str:
-    """Where ~/.ssh/config includes our config: 'before' the first Host/Match block, 'inside' one, or 'missing'."""
-    wanted = os.path.normpath(os.path.expanduser(config_path))
-    for index, block in enumerate(split_config(main_text)):
-        for line in block.lines:
-            parsed = parse_directive(line)
-            if parsed and parsed[0] == "include":
-                paths = [os.path.normpath(os.path.expanduser(p)) for p in split_patterns(parsed[1])]
-                if wanted in paths:
-                    return "before" if index == 0 else "inside"
-    return "missing"
 
 
 def proxy_program_missing(proxy_command: str) -> str | None:
@@ -3950,6 +4091,7 @@ class DoctorFacts:
     priv_loose: bool
     key_matches: bool | None
     main_config: str
+    ssh_refusal: list[str]
     include_where: str | None
     proxies: list[tuple[str, str | None]]
     control: str | None
@@ -4093,6 +4235,7 @@ def gather_doctor_facts(args: argparse.Namespace, environ: Mapping[str, str]) ->
         for info in envs.values():
             proxy = str(info["directives"].get("proxycommand", ""))
             f.proxies.append((str(info["pattern"]), proxy_program_missing(proxy) if proxy else "(no ProxyCommand)"))
+    f.ssh_refusal = ssh_config_refusal(f.ssh_path, f.main_config, config_path, parsed, args.target)
     f.control = os.path.join(home, ".ssh", "control") if os.name != "nt" else None
     f.control_exists = bool(f.control and os.path.isdir(f.control))
     f.cache = cache_dir(environ, home) if os.name != "nt" else None
@@ -4241,22 +4384,55 @@ def key_findings(f: DoctorFacts) -> list[tuple[str, str, str, str]]:
     return out
 
 
+def ssh_config_refusal(
+    ssh: str | None, main_config: str, config_path: str, parsed: dict[str, Any] | None, target: str | None
+) -> list[str]:
+    """The lines in which `ssh -G` refuses ~/.ssh/config (with what it includes), else our config; [] if it reads.
+
+    One bad line anywhere (an unquoted path with a space in an included file) makes ssh refuse
+    the whole config, for every host.
+    """
+    config = main_config if os.path.isfile(main_config) else config_path
+    if not ssh or not os.path.isfile(config):
+        return []
+    hosts = [h["host"] for h in (parsed or {}).get("hosts", [])]
+    host = target if target and HOST_PART_RE.fullmatch(target) else (hosts[0] if hosts else "doctor.invalid")
+    proc = run_cmd([ssh, "-G", "-F", config, host], timeout=30)
+    return [] if proc.returncode == 0 else [printable(ln) for ln in proc.stderr.splitlines() if " line " in ln][:5]
+
+
+def ssh_refusal_findings(refusal: list[str], config_path: str) -> list[tuple[str, str, str, str]]:
+    """A FAIL for each line ssh names when it refuses the config ('FILE line N: ...')."""
+    out = []
+    for line in refusal:
+        found = re.match(r"(.+?):? line (\d+): (.*)", line)
+        where, number, what = found.groups() if found else ("", "", line)
+        fix = f"correct line {number} of {where}" if found else "run: ssh -G HOST   and correct what it names"
+        if "extra arguments" in what:
+            fix += ' (double-quote a path with spaces: IdentityFile "/Users/First Last/...")'
+        if found and os.path.realpath(where) == os.path.realpath(config_path):
+            fix = f"run '{PROG} cleanup' (it quotes paths with spaces in our blocks), or " + fix
+        out.append((FAIL, "ssh reads config", f"ssh refuses the whole config, so every host fails: {line}", fix))
+    return out
+
+
 def config_findings(f: DoctorFacts) -> list[tuple[str, str, str, str]]:
     """The SSH config, the Include in ~/.ssh/config and each environment's ProxyCommand."""
     if f.parsed is None:
         return [(FAIL, "ssh config", f"{f.config_path} not found", f"run '{PROG} setup'")]
     hosts, envs = len(f.parsed["hosts"]), len(f.parsed["environments"])
     out = [(OK, "ssh config", f"{f.config_path}: {hosts} hosts in {envs} environments", "")]
+    out += ssh_refusal_findings(f.ssh_refusal, f.config_path)
     main, path = f.main_config, f.config_path
     if f.include_where is not None:
         out.append(
             {
-                "before": (OK, "include", f"{main} includes it before its first Host block", ""),
+                "before": (OK, "include", f"{main} includes it where ssh applies it to every host", ""),
                 "inside": (
                     FAIL,
                     "include",
-                    f"the Include in {main} sits inside a Host/Match block",
-                    f"move 'Include {path}' above the first Host line",
+                    f"the Include in {main} sits inside a Host/Match block (ssh applies it to that block's hosts only)",
+                    f"run '{PROG} setup' (or move 'Include {path}' above the first Host line)",
                 ),
                 "missing": (
                     FAIL,
@@ -4388,8 +4564,8 @@ def block_keywords(block: ConfigBlock) -> list[tuple[str, str]]:
 
 def block_facts(block: ConfigBlock, words: list[str]) -> tuple[str | None, frozenset[str], tuple[str, ...]]:
     """What blocks_commute needs of a block: its keyword, the keywords it sets, its positive Host patterns."""
-    keys = (KEYWORD_RE.match(ln) for ln in block.lines[block.header_index() + 1 :])
-    return block.keyword, frozenset(k.group(1).lower() for k in keys if k), tuple(w for w in words if w[:1] != "!")
+    keys = (split_directive(ln) for ln in block.lines[block.header_index() + 1 :])
+    return block.keyword, frozenset(k[0] for k in keys if k), tuple(w for w in words if w[:1] != "!")
 
 
 def blocks_commute(
@@ -4429,36 +4605,69 @@ def _ineffective(block: ConfigBlock, earlier: ConfigBlock) -> bool:
     )
 
 
-def _convert_prefix(block: ConfigBlock, prefix: str, newline: str) -> None:
-    """cleanup --ssh-host-prefix: put that spelling first on a wildcard Host line of ours (adding it if
-    missing), and name it in PyPI cloudx-proxy's 'uvx cloudX-proxy' as the original's cleanup did."""
+def _widen_prefix(block: ConfigBlock, size: int, prefix: str | None, newline: str) -> None:
+    """A wildcard Host line of ours gets every spelling of its prefix (its first `size` characters;
+    prefix_spellings), as the original's cleanup writes it, so host entries in either spelling get
+    its settings. With --ssh-host-prefix that spelling leads, and PyPI cloudx-proxy's
+    'uvx cloudX-proxy' is named in it, as the original's cleanup did."""
     words = block.words()
-    if not words or words[0][: len(prefix)].lower() != prefix.lower():
-        return
-    first = prefix + words[0][len(prefix) :]
-    if words[0] != first:
+    convert = prefix is not None and words[0][:size].lower() == prefix.lower()
+    lead = prefix if prefix is not None and convert else words[0][:size]
+    wanted = list(dict.fromkeys([p + words[0][size:] for p in prefix_spellings(lead)] + words))
+    if wanted != words:
         i = block.header_index()
         line = block.lines[i]
         cut = re.search(r"\s#", line)
         comment = line[cut.start() :].rstrip("\r\n") if cut else ""
-        block.lines[i] = "Host " + " ".join(dict.fromkeys([first, *words])) + comment + newline
-    if prefix.lower() == "cloudx":
-        block.lines = [re.sub(r"\buvx cloud[xX]-proxy\b", f"uvx {prefix}-proxy", ln) for ln in block.lines]
+        block.lines[i] = "Host " + " ".join(wanted) + comment + newline
+        block.patterns = (section_match(block.lines[i]) or ("", ""))[1]
+    if convert and lead.lower() == "cloudx":
+        block.lines = [re.sub(r"\buvx cloud[xX]-proxy\b", f"uvx {lead}-proxy", ln) for ln in block.lines]
+
+
+def repair_config(text: str, prefix: str | None = None) -> tuple[str, list[str]]:
+    """cleanup's repairs, in place, as the original's cleanup makes them: our wildcard Host lines get
+    every prefix spelling (_widen_prefix; with `prefix`, that spelling leads) and unquoted paths with
+    spaces in our blocks are quoted (requote_path_line); a leading BOM goes. Returns the text and notes."""
+    newline = "\r\n" if "\r\n" in text else "\n"
+    parsed = parse_cloudx_config(text)
+    generic_patterns = {p.lower() for p in parsed["generic"]}
+    env_patterns = {str(e["pattern"]).lower(): name for name, e in parsed["environments"].items()}
+    hosts = {h["host"].lower() for h in parsed["hosts"]}
+    notes = ["removed the byte order mark at the start (ssh refuses the file with it)"] if text[:1] == "\ufeff" else []
+    blocks = split_config(text[1:] if notes else text)
+    for block in blocks[1:]:
+        words = block.words()
+        lowered = {w.lower() for w in words}
+        pattern = lowered.pop() if len(lowered) == 1 else ""
+        if pattern in generic_patterns:
+            _widen_prefix(block, len(pattern) - 2, prefix, newline)
+        elif pattern in env_patterns:
+            _widen_prefix(block, len(pattern) - len(env_patterns[pattern]) - 3, prefix, newline)
+        if block.words() != words:
+            notes.append(f"Host {' '.join(words)} now answers to every prefix spelling: {' '.join(block.words())}")
+        if pattern in generic_patterns | set(env_patterns) | hosts and requote_paths(block):
+            notes.append(f"Host {' '.join(block.words())}: quoted a path with spaces (ssh refused it unquoted)")
+    return join_config(blocks), notes
 
 
 def canonical_config(text: str, when: str, prefix: str | None = None) -> tuple[str, list[str]]:
     """Our blocks in three-tier order with fresh banners, without copies ssh never reads.
 
-    Nothing ssh resolves for any host changes: a block moves past another only
+    Two repairs come first, as the original's cleanup makes them: our wildcard Host
+    lines get every prefix spelling (_widen_prefix; with `prefix`, that spelling
+    leads), and unquoted paths with spaces in our blocks are quoted. Beyond those,
+    nothing ssh resolves for any host changes: a block moves past another only
     where the two commute (blocks_commute), so a user's block that must stay
     before ours does; foreign blocks keep their order and their bytes. A later
     block of ours is dropped only if every line of it is shadowed by an earlier
     block for the same hosts (ssh uses the first). PyPI cloudx-proxy's banners
-    become ours. With `prefix`, wildcard Host lines of ours lead with that
-    spelling (see _convert_prefix). Returns the text and what was done.
+    become ours. Returns the text and what was done.
     """
     import heapq
 
+    # Repaired first: where blocks may move depends on the patterns they end up with.
+    text, notes = repair_config(text, prefix)
     newline = "\r\n" if "\r\n" in text else "\n"
     parsed = parse_cloudx_config(text)
     envs: dict[str, dict[str, Any]] = parsed["environments"]
@@ -4467,7 +4676,6 @@ def canonical_config(text: str, when: str, prefix: str | None = None) -> tuple[s
     env_patterns = {str(e["pattern"]).lower(): name for name, e in envs.items()}
     blocks = split_config(text)
     preamble, rest = blocks[0], blocks[1:]
-    notes: list[str] = []
 
     words_of = [b.words() for b in rest]
 
@@ -4539,8 +4747,6 @@ def canonical_config(text: str, when: str, prefix: str | None = None) -> tuple[s
         out.append(newline)
     for i in order:
         block, kind = rest[i], kinds[i]
-        if kind and prefix and kind != "host":
-            _convert_prefix(block, prefix, newline)
         banner = _block_lines(render_banner(kind, when), newline) if kind else []
         out += banner + body(block) + [newline]
     return "".join(out).rstrip("\r\n") + newline, notes
@@ -4567,13 +4773,17 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         notes.extend(dropped)
         # Only the banners' dates changed: nothing to clean.
         same = [ln for ln in new.splitlines() if not ln.startswith("# Created by")] == [
-            ln for ln in old.lstrip("\ufeff").splitlines() if not ln.startswith("# Created by")
+            ln for ln in old.splitlines() if not ln.startswith("# Created by")
         ]
         return old if same else new
 
     old, new = update_file(path, update, cache_dir(os.environ, home), args.dry_run)
     for note in notes:
         log(note)
+    parsed = parse_cloudx_config(new or old)
+    ours = parsed["generic"][:1] + [str(e["pattern"]) for e in parsed["environments"].values()]
+    for shadow in shadowing_catch_alls(new or old, ours):
+        log(f"warning: {shadow}: ssh uses its values for these hosts (kept there: it is yours)")
     if new is None:
         log(f"{path} is already clean")
     elif args.dry_run:
@@ -4664,11 +4874,12 @@ def moved_path(value: str, source: str, target: str, home: str, relative_to: str
 
 
 def _with_value(line: str, value: str, comment: str = "") -> str:
-    """A config line with its value replaced: indentation, keyword and line ending kept."""
-    head = re.match(r"\s*[A-Za-z][A-Za-z0-9]*(?:\s*=\s*|\s+)", line)
+    """A config line with its value replaced: indentation, keyword (quoted or not) and line ending kept."""
+    found = split_directive(line)
+    head = line[: len(line) - len(found[1])] if found else ""
     body = line.rstrip("\r\n")
     ending = line[len(body) :]
-    return (head.group(0) if head else "") + value + (f" # {comment}" if comment else "") + ending
+    return head + value + (f" # {comment}" if comment else "") + ending
 
 
 def migrate_proxy_command(value: str, source: str, target: str, home: str, add: dict[str, str]) -> str | None:
@@ -4744,8 +4955,7 @@ def migrate_config_text(
             continue
         keyword, value, comment = parsed
         if keyword == "proxycommand":
-            raw = line.strip().lstrip("\ufeff")
-            raw = re.sub(r"^[A-Za-z]+(?:\s*=\s*|\s+)", "", raw)
+            raw = (split_directive(line) or ("", ""))[1].strip()  # '"ProxyCommand" …' too
             new = migrate_proxy_command(raw, source, target, home, add or {})
             if new is not None:
                 line = _with_value(line, new)

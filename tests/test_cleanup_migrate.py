@@ -50,11 +50,21 @@ def run(home: Path, *args: str, stdin: str | None = None) -> subprocess.Complete
 
 def test_canonical_order_and_duplicates() -> None:
     text, dropped = cp.canonical_config(MESSY, "2026-02-02 00:00:00")
-    assert dropped == ["dropped duplicate host block Host cloudX-dev-web (ssh reads an earlier one)"]
+    assert dropped == [
+        "Host cloudX-dev-* now answers to every prefix spelling: cloudX-dev-* cloudx-dev-*",
+        "Host cloudX-* now answers to every prefix spelling: cloudX-* cloudx-*",
+        "dropped duplicate host block Host cloudX-dev-web (ssh reads an earlier one)",
+    ]
     assert text.startswith("# my settings\nServerAliveInterval 30\n\n# Created by cloudX-proxy")
     order = [
         text.index(s)
-        for s in ("Host cloudX-*\n", "Host cloudX-dev-*\n", "Host cloudX-dev-web\n", "Host mine\n", "Match host")
+        for s in (
+            "Host cloudX-* cloudx-*\n",
+            "Host cloudX-dev-* cloudx-dev-*\n",
+            "Host cloudX-dev-web\n",
+            "Host mine\n",
+            "Match host",
+        )
     ]
     assert order == sorted(order)
     assert "i-0123456789abcdef0" in text and "i-22222222" not in text, "ssh used the first: it stays"

@@ -141,7 +141,8 @@ def test_insert_include_cases(text: str, expected: str) -> None:
 def test_insert_include_recognises_existing_forms() -> None:
     assert cp.insert_include('Include "/a b/config"\nHost x\n', "/a b/config") is None
     assert cp.insert_include("include /other /c\n", "/c") is None
-    assert cp.insert_include("Include /a b/config\n", "/a b/config") is None
+    # Unquoted, ssh reads two files ('/a' and '~/.ssh/b/config'): not ours; the user's line stays.
+    assert cp.insert_include("Include /a b/config\n", "/a b/config") == 'Include /a b/config\n\nInclude "/a b/config"\n'
     assert 'Include "/a b/config"' in (cp.insert_include("Host x\n", "/a b/config") or "")
 
 
@@ -367,8 +368,77 @@ def test_glob_overlap(a: str, b: str, overlap: bool) -> None:
 def test_cleanup_keeps_a_users_earlier_block_first_and_converts_the_prefix() -> None:
     text = "Host *\n    User me\n\nHost cloudx-dev-web\n    HostName i-1\n\nHost cloudx-*\n    User ec2-user\n"
     cleaned, _ = cp.canonical_config(text, WHEN)
-    assert cleaned.index("Host *\n") < cleaned.index("Host cloudx-*\n"), "both set User: the order stays"
+    assert cleaned.index("Host *\n") < cleaned.index("Host cloudx-* cloudX-*\n"), "both set User: the order stays"
     converted, _ = cp.canonical_config(ORIGINAL_017, WHEN, "cloudX")
     assert "Host cloudX-* cloudx-*\n" in converted and "Host cloudX-dev-* cloudx-dev-*\n" in converted
     assert "uvx cloudX-proxy connect" in converted and "Host cloudx-dev-web\n" in converted
     assert "NOT MANAGED" not in converted and "Managed by" not in converted
+
+
+def test_include_forms_ssh_reads() -> None:
+    """A relative Include in ~/.ssh/config is read relative to ~/.ssh (ssh takes it from the passwd
+    entry, so the e2e rig's HOME cannot show it with ssh -G), globs as glob(3) expands them."""
+    ssh_dir, ours = "/h/.ssh", "/h/.ssh/cloudX/config"
+    for text in ("Include cloudX/config\n", "Include cloudX/*\n", 'include "cloud?/config"\n', "Include /h/.ssh/c*/c*"):
+        assert cp.include_position(text, ours, ssh_dir) == "before", text
+    assert cp.include_position("Include cloudX/.*\n", ours, ssh_dir) == "missing"
+    assert cp.include_position("Include /h/.ssh/cloudX/.c*\n", "/h/.ssh/cloudX/.config", ssh_dir) == "before"
+    assert cp.include_position("Include cloudX/*/config\n", ours, ssh_dir) == "missing"
+    assert cp.include_position("Host * !x\n Include cloudX/config\n", ours, ssh_dir) == "inside"
+    assert cp.include_position('"Match" all\n Include cloudX/config\n', ours, ssh_dir) == "before"
+    assert cp.insert_include("Include cloudX/config\n", ours, ssh_dir) is None, "no second Include"
+
+
+@pytest.mark.parametrize(
+    "line,expected",
+    [
+        ("identityfile /Users/First Last/k\n", 'identityfile "/Users/First Last/k"\n'),
+        ("  IdentityAgent=/a b/s  # mine\r\n", '  IdentityAgent="/a b/s"  # mine\r\n'),
+        ('\tControlPath "/a b/%r"\n', '\tControlPath "/a b/%r"\n'),
+        ("IdentityFile '/a b/k'\n", "IdentityFile '/a b/k'\n"),
+        ("IdentityFile /a\\ b/k\n", "IdentityFile /a\\ b/k\n"),
+        ("UserKnownHostsFile ~/.ssh/a /etc/b\n", "UserKnownHostsFile ~/.ssh/a /etc/b\n"),
+        ("UserKnownHostsFile /Users/A B/kh\n", 'UserKnownHostsFile "/Users/A B/kh"\n'),
+        ("ProxyCommand a b c\n", "ProxyCommand a b c\n"),
+    ],
+)
+def test_requote_path_line(line: str, expected: str) -> None:
+    assert cp.requote_path_line(line) == expected
+    assert cp.requote_path_line(expected) == expected, "idempotent"
+
+
+def test_tokenizer_reads_keywords_as_ssh_does() -> None:
+    assert cp.section_match('"Host" x y\n') == ("host", "x y")
+    assert cp.section_match('"Host"=x\n') == ("host", "=x"), "after a quoted keyword '=' is part of the value"
+    assert cp.section_match("\ufeff  Host x\n") == ("host", "x")
+    assert cp.section_match("Hostname x\n") is None and cp.section_match("Host#x\n") is None
+    assert cp.parse_directive('"User" me # c\n') == ("user", "me", "c")
+    blocks = cp.split_config('Host a\n  User x\n"Host" b\n  User y\n')
+    assert [b.words() for b in blocks] == [[], ["a"], ["b"]]
+    parsed = cp.parse_cloudx_config("\ufeff  Host cloudX-dev-web\n    HostName i-1\n")
+    assert parsed["hosts"][0]["host"] == "cloudX-dev-web"
+
+
+def test_prefix_spellings_as_the_original() -> None:
+    assert cp.prefix_spellings("cloudX") == ["cloudX", "cloudx"]
+    assert cp.prefix_spellings("cloudx") == ["cloudx", "cloudX"]
+    assert cp.prefix_spellings("MyCo") == ["MyCo", "myco"] and cp.prefix_spellings("co") == ["co"]
+
+
+def test_migrate_reads_a_quoted_keyword() -> None:
+    text = '"ProxyCommand" uvx cloudx-proxy connect %h %p\n\t"IdentityFile" /h/.ssh/vscode/vscode\n'
+    out, notes = cp.migrate_config_text(text, "/h/.ssh/vscode", "/h/.ssh/cloudX", "/h", {"--profile": "vscode"})
+    assert (
+        out
+        == '"ProxyCommand" uvx cloudx-proxy connect %h %p --profile vscode\n\t"IdentityFile" /h/.ssh/cloudX/vscode\n'
+    )
+    assert notes == []
+
+
+def test_shadowing_catch_all_is_named() -> None:
+    text = "Host * !x\n    User me\n\nMatch all\n    Port 2\n\nHost cloudX-*\n    User ec2-user\n    Port 22\n"
+    assert cp.shadowing_catch_alls(text, ["cloudX-*"]) == [
+        "'Host * !x' (sets user) is above Host cloudX-*",
+        "'Match all' (sets port) is above Host cloudX-*",
+    ]
+    assert cp.shadowing_catch_alls("Host cloudX-*\n    User a\nHost *\n    User b\n", ["cloudX-*"]) == []

@@ -406,11 +406,25 @@ def test_real_ssh_runs_the_proxy_command_with_the_exact_argv(
         case.close()
 
 
+# Files ~/.ssh/config may already be; @CONFIG@ is our config, @GLOB@ a glob naming it (as a user wrote them).
+MAIN_CONFIGS = [
+    "",
+    "Host other\n    User x\n",
+    "User me\n\nMatch all\n  Port 1\n",
+    "Host other\n    User x\nInclude @CONFIG@\n",  # appended: inside Host other, so not for our hosts
+    '"Match" all\n    Include @GLOB@\n',  # where ssh applies it to every host: counts
+    "Host *\n    Include @CONFIG@\n",
+    '"Host" mybox\n    Include @CONFIG@\nHost *\n    User me\n',
+]
+
+
 @SUBPROCESS
-@given(parts=segments, foreign=st.sampled_from(["", "Host other\n    User x\n", "User me\n\nMatch all\n  Port 1\n"]))
+@given(parts=segments, foreign=st.sampled_from(MAIN_CONFIGS))
 @known_bad(foreign="Host other\n    User x\n")
+@known_bad(foreign=MAIN_CONFIGS[3])
 def test_the_include_line_reaches_the_config_it_names(ssh_base: Path, parts: list[str], foreign: str) -> None:
-    """~/.ssh/config with setup's Include: ssh must read our config through it."""
+    """~/.ssh/config with setup's Include: ssh must read our config through it (an Include only for
+    some hosts gets a proper one, one ssh applies to every host is kept as the only one)."""
     case = Case.make(ssh_base, parts, "cloudX", "cloudX", None)
     if case is None:
         return
@@ -418,8 +432,13 @@ def test_the_include_line_reaches_the_config_it_names(ssh_base: Path, parts: lis
         if not include_ok(case.config):
             return  # setup refuses this path for an Include (globbed by ssh): no promise made
         main = os.path.join(case.tmp, "main_config")
+        glob = os.path.join(os.path.dirname(case.config), "c?nfi*")
+        foreign = foreign.replace("@CONFIG@", cp.quote_config_value(case.config, percent=False))
+        foreign = foreign.replace("@GLOB@", cp.quote_config_value(glob, percent=False))
+        counts = "Match" in foreign and "Include" in foreign or foreign.startswith("Host *")
         text = cp.insert_include(foreign, case.config)
-        assert text is not None
+        assert (text is None) == counts, (foreign, text)
+        text = text or foreign
         Path(main).write_bytes(text.encode("utf-8"))
         seen = case.ssh_g(main)
         assert seen["hostname"] == [IID], f"ssh did not read {case.config!r} through:\n{text}"
@@ -488,7 +507,7 @@ indent = st.sampled_from(["", " ", "  ", "    ", "\t", " \t"])
 section_line = st.builds(
     lambda ind, kw, sep, pats, tail: f"{ind}{kw}{sep}{pats}{tail}",
     indent,
-    st.sampled_from(["Host", "host", "HOST", "Match", "match"]),
+    st.sampled_from(["Host", "host", "HOST", "Match", "match", '"Host"', '"match"']),  # ssh takes quoted keywords
     st.sampled_from([" ", "  ", "\t", "=", " = ", "\t=\t"]),
     st.one_of(
         st.sampled_from([*OURS, '"cloudX-dev-web"', "CLOUDX-DEV-WEB", "cloudX-dev-web other", "all", "*"]),
@@ -606,11 +625,12 @@ def ssh_blocks(text: str) -> list[tuple[list[str] | None, list[str]]]:
     """
     blocks: list[tuple[list[str] | None, list[str]]] = []
     for line in ssh_lines(text):
-        found = re.match(r"[ \t]*([^ \t=\r\n]*)(?:[ \t]*=[ \t]*|[ \t]*)(.*?)[\r\n]*$", line)
-        keyword = found.group(1).lower() if found else ""
+        # A quoted keyword ('"Host" x') is followed by blanks only: an '=' after it belongs to the value.
+        found = re.match(r'[ \t]*(?:"([^"\r\n]*)"[ \t]*|([^ \t=\r\n]*)(?:[ \t]*=[ \t]*|[ \t]*))(.*?)[\r\n]*$', line)
+        keyword = (found.group(1) if found.group(1) is not None else found.group(2)).lower() if found else ""
         if keyword in ("host", "match"):
             try:
-                patterns = shlex.split(found.group(2), comments=True) if found and keyword == "host" else None
+                patterns = shlex.split(found.group(3), comments=True) if found and keyword == "host" else None
             except ValueError:
                 patterns = None
             blocks.append((patterns, []))
@@ -650,8 +670,8 @@ def ssh_lines(text: str) -> list[str]:
 def first_section(lines: list[str]) -> int | None:
     """Index of the first Host/Match line as ssh reads it: the first word, case-insensitive."""
     for i, line in enumerate(lines):
-        word = re.match(r"[ \t]*([^ \t=\r\n]*)", line)
-        if word and word.group(1).lower() in ("host", "match"):
+        word = re.match(r'[ \t]*(?:"([^"\r\n]*)"|([^ \t=\r\n]*))', line)
+        if word and (word.group(1) if word.group(1) is not None else word.group(2)).lower() in ("host", "match"):
             return i
     return None
 

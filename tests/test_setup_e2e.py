@@ -61,8 +61,8 @@ def test_setup_then_ssh_through_the_written_config(rig: Rig, home: Home, pyz: Pa
     config = home.ssh_dir / "config"
     text = config.read_text()
     assert (
-        "Host cloudX-*\n" in text
-        and "Host cloudX-dev-*\n" in text
+        "Host cloudX-* cloudx-*\n" in text  # both spellings, as the original 0.17.4+ writes them
+        and "Host cloudX-dev-* cloudx-dev-*\n" in text
         and f"Host cloudX-dev-web\n    HostName {iid}\n" in text
     )
     assert (

@@ -609,7 +609,7 @@ def healthy_facts(**changes: object) -> cp.DoctorFacts:
         profile_detail="'cloudX' in /h/.aws/config, region eu-west-1 (from profile)", ssh_dir="/h/.ssh/cloudX",
         ssh_dir_mode=0o700, priv="/h/.ssh/cloudX/cloudX", pub="/h/.ssh/cloudX/cloudX.pub", pub_exists=True,
         priv_exists=True, agent=None, priv_loose=False, key_matches=True, main_config="/h/.ssh/config",
-        include_where="before", proxies=[("cloudX-dev-*", None)], control="/h/.ssh/control", control_exists=True,
+        include_where="before", ssh_refusal=[], proxies=[("cloudX-dev-*", None)], control="/h/.ssh/control", control_exists=True,
         cache="/h/.cache/cloudx-proxy", cache_stat={"uid": 5, "mode": 0o700, "is_dir": 1, "link_uid": -1, "my_uid": 5},
         region="eu-west-1",
         aws_results={
@@ -636,7 +636,7 @@ def test_doctor_findings_healthy() -> None:
         "ok    profile: 'cloudX' in /h/.aws/config, region eu-west-1 (from profile)",
         "ok    key: /h/.ssh/cloudX/cloudX (0600), public key matches",
         "ok    ssh config: /h/.ssh/cloudX/config: 1 hosts in 1 environments",
-        "ok    include: /h/.ssh/config includes it before its first Host block",
+        "ok    include: /h/.ssh/config includes it where ssh applies it to every host",
         "ok    proxy command: cloudX-dev-* runs an existing program",
         "ok    control dir: /h/.ssh/control",
         "ok    cache dir: /h/.cache/cloudx-proxy (0700)",

@@ -690,16 +690,36 @@ def names_from_tags(tags: dict[str, str]) -> tuple[str | None, str | None]:
     environment that is not a valid host name part is left out (setup then
     asks, or needs --environment); the hostname is cleaned by the caller.
     """
-    name = tags.get("Name", "")
-    name = name.split(" | ")[0].strip() if isinstance(name, str) else ""
-    legacy = re.fullmatch(r"cloud[xX]-([^-]+)-(.+)", name)
-    hostname = legacy.group(2) if legacy else (name or None)
-    candidates = [tags.get(k) for k in ("cloudX:environment", "cloudx:environment", "Environment")]
-    env = next((v for v in candidates if v), None) or (legacy.group(1) if legacy else None)
+    from_tag, from_name, hostname = _tag_names(tags)
+    env = (from_tag[1] if from_tag else None) or from_name
     if env is not None and not (isinstance(env, str) and HOST_PART_RE.fullmatch(env)):
         debug(f"ignoring the environment tag {aws_text(env)}: not usable in a host name")
         env = None
     return env, hostname
+
+
+def _tag_names(tags: dict[str, str]) -> tuple[tuple[str, str] | None, str | None, str | None]:
+    """((environment tag key, its value) or None, the env in a legacy Name 'cloudX-{env}-{host}', the hostname)."""
+    name = tags.get("Name", "")
+    name = name.split(" | ")[0].strip() if isinstance(name, str) else ""
+    legacy = re.fullmatch(r"cloud[xX]-([^-]+)-(.+)", name)
+    hostname = legacy.group(2) if legacy else (name or None)
+    keys = ("cloudX:environment", "cloudx:environment", "Environment")
+    from_tag = next(((k, tags[k]) for k in keys if tags.get(k)), None)
+    return from_tag, (legacy.group(1) if legacy else None), hostname
+
+
+def tag_env_conflict(tags: dict[str, str], used: str) -> str | None:
+    """A warning when the Name tag's environment and the environment tag differ (as the reference
+    warns; compared ignoring case, as environments are matched), naming the one setup used."""
+    from_tag, from_name, _ = _tag_names(tags)
+    if not from_tag or not from_name or str(from_tag[1]).lower() == from_name.lower():
+        return None
+    name, (key, value) = aws_text(tags.get("Name", "")), from_tag
+    return (
+        f"the Name tag '{name}' implies environment '{aws_text(from_name)}' but the {key} tag says "
+        f"'{aws_text(value)}': using '{used}'"
+    )
 
 
 def quote_proxy_arg(value: str, windows: bool = False) -> str:
@@ -3069,6 +3089,8 @@ class Setup:
         validate_config_path("--ssh-config", self.ssh_config, include=True)
         self.yes, self.dry_run = bool(args.yes), bool(args.dry_run)
         self.op_vault: str | None = args.op_vault
+        if self.op_vault is not None and self.op_vault.lower() == "true":
+            self.op_vault = "Private"  # as the reference: '--1password true' is the default vault
         if self.op_vault is not None and (
             not self.op_vault.strip() or len(self.op_vault) > 100 or any(c in self.op_vault for c in "\0\r\n/")
         ):
@@ -3338,6 +3360,117 @@ def program_argv() -> list[str]:
     if os.path.splitext(os.path.basename(arg0))[0].lower() == "cloudx-proxy":
         return [arg0]  # an installed console script
     return [sys.executable, os.path.abspath(__file__)]
+
+
+ZIPAPP_NAME = "cloudx_proxy.pyz"  # the stable copy setup installs beside the SSH config
+
+
+def unstable_roots(environ: Mapping[str, str], home: str) -> list[tuple[str, str]]:
+    """Directories whose contents may be cleaned away under a ProxyCommand: (directory, what it is).
+
+    Caches (uv's and pipx's run caches live there), temp dirs and the Downloads folder.
+    """
+    import tempfile
+
+    pipx = environ.get("PIPX_HOME") or os.path.join(home, ".local", "pipx")
+    local = environ.get("LOCALAPPDATA", "")
+    return [
+        (environ.get("XDG_CACHE_HOME", ""), "a cache directory"),
+        (os.path.join(home, ".cache"), "a cache directory"),
+        (os.path.join(home, "Library", "Caches"), "a cache directory"),
+        (environ.get("UV_CACHE_DIR", ""), "uv's cache"),
+        (os.path.join(pipx, ".cache"), "pipx's run cache"),
+        (os.path.join(local, "uv", "cache") if local else "", "uv's cache"),
+        (tempfile.gettempdir(), "a temporary directory"),
+        ("/tmp", "a temporary directory"),
+        ("/var/tmp", "a temporary directory"),
+        ("/var/folders", "macOS's temporary folders"),
+        (os.path.join(home, "Downloads"), "the Downloads folder"),
+    ]
+
+
+def version_roots(environ: Mapping[str, str], home: str) -> list[tuple[str, str]]:
+    """Where version managers keep interpreters that go away with their version: (directory, what)."""
+    pyenv = environ.get("PYENV_ROOT") or os.path.join(home, ".pyenv")
+    uv = environ.get("UV_PYTHON_INSTALL_DIR") or os.path.join(home, ".local", "share", "uv", "python")
+    return [
+        (os.path.join(pyenv, "versions"), "a pyenv version"),
+        (uv, "a uv-managed Python"),
+        (os.path.join(home, ".asdf", "installs"), "an asdf install"),
+        (os.path.join(home, ".local", "share", "mise", "installs"), "a mise install"),
+    ]
+
+
+def unstable_place(path: str, roots: list[tuple[str, str]], home: str) -> str | None:
+    """What may remove `path` ('a cache directory (~/.cache)'), or None when it is a stable place.
+
+    The path is checked as written and with its symlinks resolved (a venv's python in a cache
+    is a link out of it, and goes with it). A root that holds HOME itself (a home under /tmp,
+    as in a container) is no less stable than the home, so it does not count.
+    """
+
+    def forms(p: str) -> set[str]:
+        return {os.path.abspath(p), os.path.realpath(p)}
+
+    def under(p: str, top: str) -> bool:
+        return p == top or p.startswith(top.rstrip(os.sep) + os.sep)
+
+    places, homes = forms(path), forms(home)
+    for root, what in roots:
+        tops = forms(root) if root else set()
+        if any(under(p, t) for p in places for t in tops) and not any(under(h, t) for h in homes for t in tops):
+            return f"{what} ({root})"
+    return None
+
+
+def setup_interpreter(s: Setup) -> str:
+    """The Python for a ProxyCommand that must outlive caches: this one (or what its venv link
+    points at) when stable, else `python3` from PATH (3.9+), else this one's real path, with a warning."""
+    import shutil
+
+    roots = unstable_roots(s.env, s.home) + version_roots(s.env, s.home)
+    for candidate in (sys.executable, os.path.realpath(sys.executable)):
+        if candidate and not unstable_place(candidate, roots, s.home):
+            return candidate
+    python3 = shutil.which("python3", path=s.env.get("PATH"))
+    check = [python3 or "python3", "-c", "import sys; sys.exit(sys.version_info < (3, 9))"]
+    if python3 and run_cmd(check, timeout=60, env=s.env).returncode == 0:
+        return "python3"
+    real = os.path.realpath(sys.executable)
+    log(f"  warning: no python3 3.9+ on PATH: the ProxyCommand names {real}, {unstable_place(real, roots, s.home)}")
+    return real
+
+
+def setup_program(s: Setup) -> list[str]:
+    """The argv a ProxyCommand runs this program with: as it runs now when that is stable; run from a
+    cache, temp dir or download (uvx, pipx run), a zipapp of it installed beside the SSH config."""
+    program = program_argv()
+    roots = unstable_roots(s.env, s.home)
+    why = unstable_place(program[-1], roots, s.home)
+    if why is None:
+        python_why = unstable_place(program[0], roots, s.home) if len(program) == 2 else None
+        if python_why:
+            interpreter = setup_interpreter(s)
+            log(f"  {program[0]} is in {python_why}, which may be cleaned: the ProxyCommand runs {interpreter}")
+            return [interpreter, program[1]]
+        return program
+    target = os.path.join(s.ssh_dir, ZIPAPP_NAME)
+    interpreter = setup_interpreter(s)
+    data = render_zipapp(running_source())
+    said = f"  {PROG} runs from {program[-1]}, in {why}, which may be cleaned: "
+    if s.dry_run:
+        log(said + f"[dry run] would install it as {target} (run by {interpreter}) for the ProxyCommand")
+        return [interpreter, target]
+    ensure_private_dir(s.ssh_dir)
+    try:
+        with open(target, "rb") as f:
+            same = f.read() == data
+    except OSError:
+        same = False
+    if not same:
+        atomic_write_bytes(target, data, 0o700)
+    log(said + f"installed it as {target} (run by {interpreter}); the ProxyCommand runs that copy")
+    return [interpreter, target]
 
 
 def _is_zip(path: str) -> bool:
@@ -3617,6 +3750,10 @@ def setup_op_key(s: Setup) -> str | None:
             raise CloudxError("the 1Password CLI 'op' was not found", OP_INSTALL_HINT)
         run_op(op, ["whoami", "--format", "json"], s.env)
     except CloudxError as e:
+        if s.dry_run:  # a preview: say what a real run needs, and show the config it would write
+            log(f"  [dry run] {e.message} ({e.hint}); a real run needs it" if e.hint else f"  [dry run] {e.message}")
+            log(f"  [dry run] would find '{title}' in 1Password or create it in vault {s.op_vault or 'Private'}")
+            return op_agent_socket(s.home)[0]
         if s.yes:
             raise
         log(f"  1Password is not available: {e.message}")
@@ -3666,6 +3803,7 @@ def setup_op_key(s: Setup) -> str | None:
         except ValueError:
             raise CloudxError("unexpected output from op item create") from None
         log(f"  created '{title}' in vault {vault}")
+        log(f"  important: make sure '{title}' is enabled in 1Password's SSH agent (Settings > Developer)")
     vault_ref = item.get("vault", {}).get("id") or s.op_vault or "Private"
     public = run_op(op, ["read", f"op://{vault_ref}/{item.get('id')}/public key"], s.env).strip()
     public = parse_public_key(public, f"1Password item '{title}'")
@@ -3686,7 +3824,7 @@ def setup_op_key(s: Setup) -> str | None:
 def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str | None = None) -> str:
     """Write the three-tier config into --ssh-config, adopting what is there; returns the host name to use."""
     s.step(f"Writing SSH configuration {s.ssh_config}...")
-    program = program_argv()
+    program = setup_program(s)
     proxy = render_proxy_command(program, s.profile, s.key, s.ssh_dir, s.aws_env, s.windows)
     result = {"host": f"{s.prefix}-{env}-{hostname}"}
 
@@ -3865,6 +4003,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
     )
     validate_host_part("environment", env)
     validate_host_part("hostname", hostname)
+    conflict = tag_env_conflict(tags, env)
+    if conflict:
+        log(f"  warning: {conflict}" + (" (from --environment)" if s.environment else ""))
     log(f"  instance {instance_id}: environment '{env}', hostname '{hostname}'")
     agent = setup_op_key(s) if s.op_vault is not None else None
     if agent is None:
@@ -4056,17 +4197,35 @@ def include_position(main_text: str, config_path: str) -> str:
     return "missing"
 
 
-def proxy_program_missing(proxy_command: str) -> str | None:
-    """The program (or zipapp/script) a ProxyCommand runs, if it does not exist."""
+def proxy_program_words(proxy_command: str) -> list[str] | None:
+    """The words of a ProxyCommand before 'connect' (the interpreter and program); None if unparsable."""
     import shlex
 
     try:
         words = shlex.split(proxy_command.replace("%%", "%"))
     except ValueError:
+        return None
+    return words[: words.index("connect") if "connect" in words else 1]
+
+
+def proxy_program_unstable(proxy_command: str, roots: list[tuple[str, str]], home: str) -> str | None:
+    """'PATH is in WHAT' for the first program word of a ProxyCommand in a place that may be cleaned."""
+    for word in proxy_program_words(proxy_command) or []:
+        if os.sep in word or (os.altsep and os.altsep in word):
+            why = unstable_place(os.path.expanduser(word), roots, home)
+            if why:
+                return f"{word} is in {why}"
+    return None
+
+
+def proxy_program_missing(proxy_command: str) -> str | None:
+    """The program (or zipapp/script) a ProxyCommand runs, if it does not exist."""
+    words = proxy_program_words(proxy_command)
+    if words is None:
         return proxy_command
     if not words:
         return "(empty)"
-    for word in words[: words.index("connect") if "connect" in words else 1]:
+    for word in words:
         if os.sep in word or (os.altsep and os.altsep in word):
             if not os.path.exists(os.path.expanduser(word)):
                 return word
@@ -4134,6 +4293,7 @@ class DoctorFacts:
     main_config: str
     include_where: str | None
     proxies: list[tuple[str, str | None]]
+    proxy_unstable: tuple[tuple[str, str], ...] = ()  # (pattern, 'PATH is in a cache directory (...)')
     control: str | None
     control_exists: bool
     cache: str | None
@@ -4275,6 +4435,9 @@ def gather_doctor_facts(args: argparse.Namespace, environ: Mapping[str, str]) ->
         for info in envs.values():
             proxy = str(info["directives"].get("proxycommand", ""))
             f.proxies.append((str(info["pattern"]), proxy_program_missing(proxy) if proxy else "(no ProxyCommand)"))
+            unstable = proxy_program_unstable(proxy, unstable_roots(environ, home), home)
+            if unstable:
+                f.proxy_unstable += ((str(info["pattern"]), unstable),)
     f.control = os.path.join(home, ".ssh", "control") if os.name != "nt" else None
     f.control_exists = bool(f.control and os.path.isdir(f.control))
     f.cache = cache_dir(environ, home) if os.name != "nt" else None
@@ -4448,12 +4611,21 @@ def config_findings(f: DoctorFacts) -> list[tuple[str, str, str, str]]:
                 ),
             }[f.include_where]
         )
+    unstable = dict(f.proxy_unstable)
     for pattern, missing in f.proxies:
-        out.append(
-            (FAIL, "proxy command", f"{pattern}: {missing} does not exist", f"run '{PROG} setup' again")
-            if missing
-            else (OK, "proxy command", f"{pattern} runs an existing program", "")
-        )
+        if missing:
+            out.append((FAIL, "proxy command", f"{pattern}: {missing} does not exist", f"run '{PROG} setup' again"))
+        elif pattern in unstable:
+            out.append(
+                (
+                    WARN,
+                    "proxy command",
+                    f"{pattern}: {unstable[pattern]}, which may be cleaned",
+                    f"run '{PROG} setup' again: it installs a stable copy beside the SSH config",
+                )
+            )
+        else:
+            out.append((OK, "proxy command", f"{pattern} runs an existing program", ""))
     return out
 
 

@@ -5127,11 +5127,81 @@ def migrate_plan(source: str, target: str) -> list[tuple[str, str, str]]:
     return plan
 
 
+def migrated_link(src: str, source: str, target: str, moved: set[str]) -> str:
+    """What the symlink `src` in the legacy dir must say once it sits in `target`: it resolves to the
+    same file, or to that file's new place when the file moves too. A relative link stays relative
+    (rewritten for the new depth); an absolute one that points elsewhere is kept as written."""
+    text = os.readlink(src)
+    real_source, real_target = os.path.realpath(source), os.path.realpath(target)
+    final = os.path.realpath(src)
+    if os.path.dirname(final) == real_source and os.path.basename(final) in moved:
+        final = os.path.join(real_target, os.path.basename(final))
+    elif os.path.isabs(text):
+        return text
+    return final if os.path.isabs(text) else os.path.relpath(final, real_target)
+
+
+def migrate_contents(
+    plan: list[tuple[str, str, str]], source: str, target: str, home: str, add: dict[str, str]
+) -> tuple[dict[str, bytes], dict[str, str], str | None, str | None]:
+    """What migrate writes: (bytes per moved regular file, link text per moved symlink, the file
+    outside the dir a symlinked config is edited in (else None), the key of the config's new text
+    in the bytes: 'config', the name of the file it links to in the dir, '' for that outside file,
+    or None without a config)."""
+    moved = {name for name, _, _ in plan}
+    contents: dict[str, bytes] = {}
+    links = {name: migrated_link(src, source, target, moved) for name, src, _ in plan if os.path.islink(src)}
+    for name, src, _dst in plan:
+        if name not in links:
+            contents[name] = read_text_bytes(src)
+    through, key = None, None
+    for name, src, _dst in plan:
+        if name != "config":
+            continue
+        text, notes = migrate_config_text(read_text(src), source, target, home, add)
+        for note in notes:
+            log(f"  {src}: {note}")
+        real = os.path.realpath(src)
+        if name not in links:
+            key = name
+        elif os.path.dirname(real) == os.path.realpath(source) and os.path.basename(real) in contents:
+            key = os.path.basename(real)  # the file the link names moves with it
+        else:
+            key, through = "", real  # a file elsewhere (a dotfiles repo): edited in place, through the link
+        contents[key] = text.encode("utf-8")
+    return contents, links, through, key
+
+
+def migrate_conflicts(plan: list[tuple[str, str, str]], contents: dict[str, bytes], links: dict[str, str]) -> list[str]:
+    """The target files that exist and differ from what migrate would put there."""
+    out = []
+    for name, _src, dst in plan:
+        if not os.path.lexists(dst):
+            continue
+        if name in links:
+            same = os.path.islink(dst) and os.readlink(dst) == links[name]
+        else:
+            same = os.path.isfile(dst) and not os.path.islink(dst) and read_text_bytes(dst) == contents[name]
+        if not same:
+            out.append(dst)
+    return out
+
+
+def place_link(dst: str, text: str) -> None:
+    """Create (or replace) the symlink dst -> text atomically: a temp link beside it, then a rename."""
+    tmp = os.path.join(os.path.dirname(dst), f".tmp-{os.path.basename(dst)}-{os.getpid()}~")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(text, tmp)
+    os.replace(tmp, dst)
+
+
 def migrate_legacy(home: str, target: str, dry_run: bool, confirm: Callable[[str], bool] | None) -> int:
     """Move ~/.ssh/vscode to `target`, keeping every host in its config working.
 
     All or nothing: a differing file at the target is overwritten only when `confirm` says so
-    (after a backup); otherwise nothing is changed. Returns the number of files moved.
+    (after a backup); otherwise nothing is changed. Symlinks move as symlinks that still resolve;
+    a symlinked config is edited through its link. Returns the number of files moved.
     """
     source = os.path.join(home, ".ssh", "vscode")
     if not os.path.isdir(source):
@@ -5142,19 +5212,8 @@ def migrate_legacy(home: str, target: str, dry_run: bool, confirm: Callable[[str
     d_profile, d_key, d_dir = default_profile_and_key(home)
     add = {"--profile": d_profile, "--ssh-key": d_key, "--ssh-dir": target} if d_dir == source else {}
     plan = migrate_plan(source, target)
-    contents: dict[str, bytes] = {}
-    for name, src, _dst in plan:
-        if name == "config":
-            text, notes = migrate_config_text(read_text(src), source, target, home, add)
-            for note in notes:
-                log(f"  {src}: {note}")
-            contents[name] = text.encode("utf-8")
-        else:
-            contents[name] = read_text_bytes(src)
-    overwrite = []
-    for name, _src, dst in plan:
-        if os.path.lexists(dst) and (not os.path.isfile(dst) or read_text_bytes(dst) != contents[name]):
-            overwrite.append(dst)
+    contents, links, through, config_key = migrate_contents(plan, source, target, home, add)
+    overwrite = migrate_conflicts(plan, contents, links)
     if overwrite and not dry_run:
         for dst in overwrite:
             if confirm is None or not confirm(f"{dst} exists and differs. Overwrite it (after a backup)?"):
@@ -5175,40 +5234,30 @@ def migrate_legacy(home: str, target: str, dry_run: bool, confirm: Callable[[str
 
     cache = cache_dir(os.environ, home)
     if dry_run:
-        for name, src, dst in plan:
-            log(
-                f"[dry run] would move {src} -> {dst}"
-                + (" (overwriting it after a backup)" if dst in overwrite else "")
-            )
-            if name == "config":
-                print_diff(dst, read_text(src), contents[name].decode("utf-8"))
+        migrate_preview(plan, contents, links, through, overwrite, config_key, target)
         old, new = update_file(main_config, update_main, cache, True)
         if new is not None:
             print_diff(main_config, old, new)
         log("[dry run] nothing was changed")
         return 0
     ensure_private_dir(target)
+    if through is not None:
+        update_file(through, lambda old: contents[""].decode("utf-8"), cache)
+        log(f"  updated {through} (the file {os.path.join(source, 'config')} links to; backup beside it)")
     for name, src, dst in plan:
         if dst in overwrite:
             backup = backup_file(dst)
             log(f"  backed up {dst} to {backup}")
+        if name in links:
+            place_link(dst, links[name])
+            continue
         mode = stat_mode(src)
-        if name.endswith(".pub"):
-            mode = mode & 0o644 or 0o644
-        else:
-            mode = mode & 0o600 or 0o600
-        if name == "config":
-            atomic_write_bytes(dst, contents[name], 0o600)
-        elif os.path.islink(src):
-            import shutil
-
-            shutil.move(src, dst)
-        else:
-            atomic_write_bytes(dst, contents[name], mode)
-    for _name, src, dst in plan:
+        mode = (mode & 0o644 or 0o644) if name.endswith(".pub") else (mode & 0o600 or 0o600)
+        atomic_write_bytes(dst, contents[name], 0o600 if name == "config" else mode)
+    for name, src, dst in plan:
         if os.path.lexists(src):
             os.unlink(src)
-        log(f"moved {src} -> {dst}")
+        log(f"moved {src} -> {dst}" + (f" (a symlink to {links[name]})" if name in links else ""))
     old, new = update_file(main_config, update_main, cache)
     if new is not None:
         log(f"updated {main_config} (backup beside it)")
@@ -5217,7 +5266,27 @@ def migrate_legacy(home: str, target: str, dry_run: bool, confirm: Callable[[str
         log(f"removed the empty {source}")
     else:
         log(f"left in {source}: {', '.join(sorted(os.listdir(source)))}")
+    broken = [dst for _, _, dst in plan if not os.path.exists(dst)]
+    if broken:
+        raise CloudxError(f"migrated, but {', '.join(broken)} no longer resolve", "fix those symlinks by hand")
     return len(plan)
+
+
+def migrate_preview(
+    plan: list[tuple[str, str, str]], contents: dict[str, bytes], links: dict[str, str], through: str | None,
+    overwrite: list[str], config_key: str | None, target: str,
+) -> None:  # fmt: skip
+    """A dry run's account of the moves, the links and the diff of the config (where it is written)."""
+    for name, src, dst in plan:
+        how = f" as a symlink to {links[name]}" if name in links else ""
+        log(
+            f"[dry run] would move {src} -> {dst}{how}"
+            + (" (overwriting it after a backup)" if dst in overwrite else "")
+        )
+        if name == "config" and config_key is not None:
+            print_diff(
+                through or os.path.join(target, config_key), read_text(src), contents[config_key].decode("utf-8")
+            )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -157,6 +157,29 @@ def test_interpreter_in_a_cache_is_replaced_by_a_stable_one(rig: Rig, home: Home
     assert (res.returncode, res.stdout) == (0, "still\n"), res.stderr
 
 
+def test_a_pyenv_interpreter_gives_way_to_python3(rig: Rig, home: Home, tmp_path: Path) -> None:
+    """uvx with a pyenv python: both the program and the interpreter go away with their cache or
+    version, so the ProxyCommand runs the installed zipapp with `python3` from PATH."""
+    pyenv = Path(os.path.realpath(sys.executable)).parents[2]  # the pyenv root's versions/ dir
+    if pyenv.name != "versions":
+        pytest.skip(f"{sys.executable} is not a pyenv version's python")
+    origin = home.path / ".cache" / "uv" / "archive-v0" / "Pyenv" / "cloudx_proxy.py"
+    origin.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "cloudx_proxy.py", origin)
+    iid = rig.add_instance(tags={"Name": "py3"})
+    env = {**rig.env(home), "PYENV_ROOT": str(pyenv.parent)}
+    argv = [os.path.realpath(sys.executable), str(origin), "setup", "--instance", iid, "--yes"]
+    res = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr
+    installed = home.ssh_dir / "cloudx_proxy.pyz"
+    assert "(run by python3)" in res.stderr
+    proxy = ssh_g(home, home.ssh_dir / "config", "cloudX-dev-py3")["proxycommand"]
+    assert proxy.startswith(f"python3 {installed} connect "), proxy
+    shutil.rmtree(home.path / ".cache" / "uv")
+    res = ssh_echo(rig, home, home.ssh_dir / "config", "cloudX-dev-py3", "py3")
+    assert (res.returncode, res.stdout) == (0, "py3\n"), res.stderr
+
+
 def test_doctor_flags_a_cleaned_cache_and_a_removed_pyenv_version(rig: Rig, home: Home, pyz: Path) -> None:
     """What earlier setups wrote: the console script in uv's cache (hand-written here, as our earlier
     version wrote it), and a zipapp run by a pyenv version's python (setup still writes that)."""

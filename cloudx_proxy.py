@@ -3372,14 +3372,20 @@ def unstable_roots(environ: Mapping[str, str], home: str) -> list[tuple[str, str
     """
     import tempfile
 
-    pipx = environ.get("PIPX_HOME") or os.path.join(home, ".local", "pipx")
     local = environ.get("LOCALAPPDATA", "")
+    # pipx keeps `pipx run` venvs in PIPX_HOME/.cache; PIPX_HOME's default moved across versions
+    pipx = [environ.get("PIPX_HOME", ""), os.path.join(home, ".local", "pipx")]
+    pipx += [
+        os.path.join(home, ".local", "share", "pipx"),
+        os.path.join(home, "Library", "Application Support", "pipx"),
+    ]
+    pipx += [os.path.join(local, "pipx")] if local else []
     return [
         (environ.get("XDG_CACHE_HOME", ""), "a cache directory"),
         (os.path.join(home, ".cache"), "a cache directory"),
         (os.path.join(home, "Library", "Caches"), "a cache directory"),
         (environ.get("UV_CACHE_DIR", ""), "uv's cache"),
-        (os.path.join(pipx, ".cache"), "pipx's run cache"),
+        *[(os.path.join(p, ".cache") if p else "", "pipx's run cache") for p in pipx],
         (os.path.join(local, "uv", "cache") if local else "", "uv's cache"),
         (tempfile.gettempdir(), "a temporary directory"),
         ("/tmp", "a temporary directory"),

@@ -64,6 +64,7 @@ def test_unstable_place_rule(tmp_path: Path) -> None:
         "/home/erik/.cache/uv/archive-v0/AbC/bin/cloudX-proxy",
         "/home/erik/.xdg/x/cloudx_proxy.py",
         "/home/erik/.local/pipx/.cache/0f9a/bin/cloudX-proxy",
+        "/home/erik/.local/share/pipx/.cache/0f9a/bin/cloudX-proxy",
         "/home/erik/Library/Caches/x.pyz",
         "/tmp/cloudx_proxy.pyz",
         "/var/folders/xy/T/cloudx_proxy.pyz",

@@ -681,6 +681,17 @@ def env_from_identity(arn: str) -> tuple[str | None, str]:
     return env, aws_text(user or arn.rsplit("/", 1)[-1])
 
 
+def _tag_names(tags: dict[str, str]) -> tuple[tuple[str, str] | None, str | None, str | None]:
+    """((environment tag key, its value) or None, the env in a legacy Name 'cloudX-{env}-{host}', the hostname)."""
+    name = tags.get("Name", "")
+    name = name.split(" | ")[0].strip() if isinstance(name, str) else ""
+    legacy = re.fullmatch(r"cloud[xX]-([^-]+)-(.+)", name)
+    hostname = legacy.group(2) if legacy else (name or None)
+    keys = ("cloudX:environment", "cloudx:environment", "Environment")
+    from_tag = next(((k, tags[k]) for k in keys if tags.get(k)), None)
+    return from_tag, (legacy.group(1) if legacy else None), hostname
+
+
 def names_from_tags(tags: dict[str, str]) -> tuple[str | None, str | None]:
     """(environment, hostname) from instance tags, as the reference reads them.
 
@@ -696,17 +707,6 @@ def names_from_tags(tags: dict[str, str]) -> tuple[str | None, str | None]:
         debug(f"ignoring the environment tag {aws_text(env)}: not usable in a host name")
         env = None
     return env, hostname
-
-
-def _tag_names(tags: dict[str, str]) -> tuple[tuple[str, str] | None, str | None, str | None]:
-    """((environment tag key, its value) or None, the env in a legacy Name 'cloudX-{env}-{host}', the hostname)."""
-    name = tags.get("Name", "")
-    name = name.split(" | ")[0].strip() if isinstance(name, str) else ""
-    legacy = re.fullmatch(r"cloud[xX]-([^-]+)-(.+)", name)
-    hostname = legacy.group(2) if legacy else (name or None)
-    keys = ("cloudX:environment", "cloudx:environment", "Environment")
-    from_tag = next(((k, tags[k]) for k in keys if tags.get(k)), None)
-    return from_tag, (legacy.group(1) if legacy else None), hostname
 
 
 def tag_env_conflict(tags: dict[str, str], used: str) -> str | None:

@@ -4224,6 +4224,26 @@ def proxy_program_unstable(proxy_command: str, roots: list[tuple[str, str]], hom
     return None
 
 
+def proxy_python_unfit(proxy_command: str, path_var: str | None) -> str | None:
+    """Why the Python a ProxyCommand runs our zipapp or module with cannot run it (it fails to start,
+    as a pyenv shim of a removed version does, or is older than 3.9), or None; runs it once."""
+    words = proxy_program_words(proxy_command) or []
+    if len(words) < 2 or not words[1].endswith((".pyz", ".py")):
+        return None
+    exe = os.path.expanduser(words[0]) if os.sep in words[0] else find_program(words[0], path_var)[0]
+    if not exe or not os.path.exists(exe):
+        return None  # proxy_program_missing says so
+    probe = "import sys; sys.stdout.write('%d.%d.%d' % tuple(sys.version_info[:3]))"
+    proc = run_cmd([exe, "-c", probe], timeout=60)
+    found = re.fullmatch(r"([0-9]+)\.([0-9]+)\.[0-9]+", proc.stdout.strip())
+    if proc.returncode != 0 or not found:
+        detail = " ".join(proc.stderr.split())[:120] or f"exit {proc.returncode}"
+        return f"{words[0]} does not run ({detail})"
+    if (int(found.group(1)), int(found.group(2))) < (3, 9):
+        return f"{words[0]} is Python {proc.stdout.strip()}; {PROG} needs 3.9 or newer"
+    return None
+
+
 def proxy_program_missing(proxy_command: str) -> str | None:
     """The program (or zipapp/script) a ProxyCommand runs, if it does not exist."""
     words = proxy_program_words(proxy_command)
@@ -4300,6 +4320,7 @@ class DoctorFacts:
     include_where: str | None
     proxies: list[tuple[str, str | None]]
     proxy_unstable: tuple[tuple[str, str], ...] = ()  # (pattern, 'PATH is in a cache directory (...)')
+    proxy_python: tuple[tuple[str, str], ...] = ()  # (pattern, why its Python cannot run us)
     control: str | None
     control_exists: bool
     cache: str | None
@@ -4444,6 +4465,9 @@ def gather_doctor_facts(args: argparse.Namespace, environ: Mapping[str, str]) ->
             unstable = proxy_program_unstable(proxy, unstable_roots(environ, home), home)
             if unstable:
                 f.proxy_unstable += ((str(info["pattern"]), unstable),)
+            unfit = proxy_python_unfit(proxy, path_var) if proxy and not f.proxies[-1][1] else None
+            if unfit:
+                f.proxy_python += ((str(info["pattern"]), unfit),)
     f.control = os.path.join(home, ".ssh", "control") if os.name != "nt" else None
     f.control_exists = bool(f.control and os.path.isdir(f.control))
     f.cache = cache_dir(environ, home) if os.name != "nt" else None
@@ -4617,10 +4641,14 @@ def config_findings(f: DoctorFacts) -> list[tuple[str, str, str, str]]:
                 ),
             }[f.include_where]
         )
-    unstable = dict(f.proxy_unstable)
+    unstable, unfit = dict(f.proxy_unstable), dict(f.proxy_python)
     for pattern, missing in f.proxies:
         if missing:
             out.append((FAIL, "proxy command", f"{pattern}: {missing} does not exist", f"run '{PROG} setup' again"))
+        elif pattern in unfit:
+            out.append(
+                (FAIL, "proxy command", f"{pattern}: {unfit[pattern]}", f"run '{PROG} setup' again with Python 3.9+")
+            )
         elif pattern in unstable:
             out.append(
                 (

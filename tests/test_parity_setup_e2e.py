@@ -251,3 +251,31 @@ def test_setup_warns_when_tags_disagree(rig: Rig, home: Home, pyz: Path, given: 
     assert ssh_g(home, config, f"cloudX-{used}-erik")["hostname"] == iid
     res = ssh_echo(rig, home, config, f"cloudX-{used}-erik", "tagged")
     assert (res.returncode, res.stdout) == (0, "tagged\n"), res.stderr
+
+
+def test_doctor_flags_a_python_that_cannot_run_us(rig: Rig, home: Home, pyz: Path) -> None:
+    """The interpreter exists but cannot run the zipapp: a pyenv shim whose version was removed,
+    or an old python3 (RHEL 8's 3.6). doctor runs it once and says why."""
+    shim = home.path / ".pyenv" / "shims" / "python3"
+    shim.parent.mkdir(parents=True)
+    shim.write_text('#!/bin/sh\necho "pyenv: version \\`3.11.99\' is not installed" >&2\nexit 1\n')
+    shim.chmod(0o755)
+    old = sorted(Path("/root/.pyenv/versions").glob("3.6.*/bin/python3.6"))
+    cases = [(shim, "does not run (pyenv: version `3.11.99' is not installed")]
+    if old:
+        version = old[-1].parents[1].name
+        cases.append((old[-1], f"is Python {version}; cloudx-proxy needs 3.9 or newer"))
+    config = home.ssh_dir / "config"
+    for python, why in cases:
+        config.write_text(
+            "Host cloudX-dev-*\n"
+            f"    IdentityFile {home.key}\n"
+            f"    ProxyCommand {python} {pyz} connect %h %p --profile cloudX --ssh-key cloudX --ssh-dir {home.ssh_dir}\n"
+            "Host cloudX-dev-old\n    HostName i-0123456789abcdef0\n"
+        )
+        res = run(rig, home, [sys.executable, str(pyz), "doctor"])
+        assert res.returncode == 1
+        assert f"FAIL  proxy command: cloudX-dev-*: {python} {why}" in res.stdout, res.stdout
+    config.write_text(config.read_text().replace(str(cases[-1][0]), sys.executable))
+    res = run(rig, home, [sys.executable, str(pyz), "doctor"])
+    assert "ok    proxy command: cloudX-dev-* runs an existing program" in res.stdout, res.stdout

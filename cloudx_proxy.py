@@ -5276,7 +5276,8 @@ def migrate_legacy(home: str, target: str, dry_run: bool, confirm: Callable[[str
         return 0
     ensure_private_dir(target)
     if through is not None:
-        update_file(through, lambda old: contents[""].decode("utf-8"), cache)
+        edited = str(contents[config_key or ""], "utf-8")
+        update_file(through, lambda old: edited, cache)
         log(f"  updated {through} (the file {os.path.join(source, 'config')} links to; backup beside it)")
     for name, src, dst in plan:
         if dst in overwrite:

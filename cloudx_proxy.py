@@ -693,6 +693,17 @@ def env_from_identity(arn: str) -> tuple[str | None, str]:
     return env, aws_text(user or arn.rsplit("/", 1)[-1])
 
 
+def _tag_names(tags: dict[str, str]) -> tuple[tuple[str, str] | None, str | None, str | None]:
+    """((environment tag key, its value) or None, the env in a legacy Name 'cloudX-{env}-{host}', the hostname)."""
+    name = tags.get("Name", "")
+    name = name.split(" | ")[0].strip() if isinstance(name, str) else ""
+    legacy = re.fullmatch(r"cloud[xX]-([^-]+)-(.+)", name)
+    hostname = legacy.group(2) if legacy else (name or None)
+    keys = ("cloudX:environment", "cloudx:environment", "Environment")
+    from_tag = next(((k, tags[k]) for k in keys if tags.get(k)), None)
+    return from_tag, (legacy.group(1) if legacy else None), hostname
+
+
 def names_from_tags(tags: dict[str, str]) -> tuple[str | None, str | None]:
     """(environment, hostname) from instance tags, as the reference reads them.
 
@@ -702,16 +713,25 @@ def names_from_tags(tags: dict[str, str]) -> tuple[str | None, str | None]:
     environment that is not a valid host name part is left out (setup then
     asks, or needs --environment); the hostname is cleaned by the caller.
     """
-    name = tags.get("Name", "")
-    name = name.split(" | ")[0].strip() if isinstance(name, str) else ""
-    legacy = re.fullmatch(r"cloud[xX]-([^-]+)-(.+)", name)
-    hostname = legacy.group(2) if legacy else (name or None)
-    candidates = [tags.get(k) for k in ("cloudX:environment", "cloudx:environment", "Environment")]
-    env = next((v for v in candidates if v), None) or (legacy.group(1) if legacy else None)
+    from_tag, from_name, hostname = _tag_names(tags)
+    env = (from_tag[1] if from_tag else None) or from_name
     if env is not None and not (isinstance(env, str) and HOST_PART_RE.fullmatch(env)):
         debug(f"ignoring the environment tag {aws_text(env)}: not usable in a host name")
         env = None
     return env, hostname
+
+
+def tag_env_conflict(tags: dict[str, str], used: str) -> str | None:
+    """A warning when the Name tag's environment and the environment tag differ (as the reference
+    warns; compared ignoring case, as environments are matched), naming the one setup used."""
+    from_tag, from_name, _ = _tag_names(tags)
+    if not from_tag or not from_name or str(from_tag[1]).lower() == from_name.lower():
+        return None
+    name, (key, value) = aws_text(tags.get("Name", "")), from_tag
+    return (
+        f"the Name tag '{name}' implies environment '{aws_text(from_name)}' but the {key} tag says "
+        f"'{aws_text(value)}': using '{used}'"
+    )
 
 
 def quote_proxy_arg(value: str, windows: bool = False) -> str:
@@ -3237,6 +3257,8 @@ class Setup:
         validate_config_path("--ssh-config", self.ssh_config, include=True)
         self.yes, self.dry_run = bool(args.yes), bool(args.dry_run)
         self.op_vault: str | None = args.op_vault
+        if self.op_vault is not None and self.op_vault.lower() == "true":
+            self.op_vault = "Private"  # as the reference: '--1password true' is the default vault
         if self.op_vault is not None and (
             not self.op_vault.strip() or len(self.op_vault) > 100 or any(c in self.op_vault for c in "\0\r\n/")
         ):
@@ -3286,6 +3308,218 @@ def default_host_prefix(argv0: str) -> str:
     return "cloudx" if os.path.splitext(os.path.basename(argv0))[0] == "cloudx-proxy" else "cloudX"
 
 
+# --- setup: a stable copy of this program for the ProxyCommand ------------------
+# The zipapp that build_zipapp.py writes and setup installs when it runs from a cache:
+# a shebang, this __main__.py and the module, with fixed timestamps and modes, so the
+# same source always gives the same bytes.
+ZIPAPP_SHEBANG = b"#!/usr/bin/env python3\n"
+ZIPAPP_DATE = (1980, 1, 6, 0, 0, 0)  # inside the ZIP date range
+# zipimport cannot cache bytecode, so importing the module from the archive
+# would compile it on every start (tens of milliseconds on a ProxyCommand's
+# path). This __main__ compiles it once per interpreter and keeps the code in
+# the user's cache dir, keyed by the bytecode magic number and the sha256 of
+# the source (written in here at build time, so nothing is hashed at start-up).
+# The cache dir is someone else's if another user owns it or can write to it:
+# then nothing there is read or written and the code is compiled in memory.
+# Every file is opened relative to the checked directory's descriptor without
+# following symlinks, and checked with fstat; an entry that is not code is
+# deleted and compiled afresh.
+ZIPAPP_MAIN = '''"""Run cloudx_proxy from this zipapp, with its bytecode cached per interpreter and source."""
+import sys
+
+# First, in code any Python from 2.7 on runs: an older interpreter gets one clear line, not a traceback.
+if sys.version_info < (3, 9):
+    sys.stderr.write(
+        "cloudx-proxy: error: this needs Python 3.9 or newer, found Python %s at %s"
+        " (hint: run it with a newer python3, e.g. python3.12 %s)\\n"
+        % (".".join(str(n) for n in sys.version_info[:3]), sys.executable or "?", sys.argv[0])
+    )
+    sys.exit(2)
+
+import marshal
+import os
+
+SOURCE_SHA256 = "@SOURCE_SHA256@"
+HEADER = b"cloudx-proxy bytecode\\n"
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows would translate newlines
+AT = os.name != "nt" and os.open in os.supports_dir_fd and os.listdir in os.supports_fd
+
+
+def _note(msg):
+    if "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
+        sys.stderr.write("cloudx-proxy: debug: bytecode cache: %s\\n" % msg)
+
+
+def _cache_dir():
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        return os.path.join(os.environ["LOCALAPPDATA"], "cloudx-proxy")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "cloudx-proxy")
+
+
+def _magic():
+    try:
+        import _frozen_importlib_external  # loaded at start-up already: importlib.util costs time
+
+        return _frozen_importlib_external.MAGIC_NUMBER
+    except (ImportError, AttributeError):
+        import importlib.util
+
+        return importlib.util.MAGIC_NUMBER
+
+
+def _why_not(st, what):
+    if os.name == "nt":
+        return None
+    if st.st_uid != os.getuid():
+        return "%s is owned by uid %d, not by us" % (what, st.st_uid)
+    if st.st_mode & 0o022:
+        return "%s is writable by others (mode %o)" % (what, st.st_mode & 0o777)
+    return None
+
+
+def _open_cache(path):
+    """A descriptor of the cache dir if it is ours and private, None (Windows: use paths), or -1 (do not use)."""
+    if not AT:
+        if os.name != "nt":
+            _note("no *at() calls to check %s safely: compiling in memory" % path)
+            return -1
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            return None
+        except OSError as e:
+            _note("cannot create %s (%s)" % (path, e))
+            return -1
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        link = os.lstat(path)
+        if link.st_uid != os.getuid():
+            _note("%s is owned by uid %d, not by us: compiling in memory" % (path, link.st_uid))
+            return -1
+        fd = os.open(path, flags)  # a symlink of ours is followed; what it points at is checked below
+    except OSError as e:
+        _note("cannot use %s (%s): compiling in memory" % (path, e))
+        return -1
+    why = _why_not(os.fstat(fd), path)
+    if why:
+        os.close(fd)
+        _note(why + ": compiling in memory")
+        return -1
+    return fd
+
+
+def _drop(dfd, cache, name):
+    try:
+        os.unlink(name if dfd is not None else os.path.join(cache, name), dir_fd=dfd)
+    except OSError:
+        pass
+
+
+def _read(dfd, cache, name, header):
+    try:
+        flags = os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block us
+        fd = os.open(name if dfd is not None else os.path.join(cache, name), flags, dir_fd=dfd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        _note("cannot open %s (%s): replacing it" % (name, e))
+        _drop(dfd, cache, name)
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        why = _why_not(st, name) or (None if (st.st_mode & 0o170000) == 0o100000 else name + " is not a file")
+        data = f.read() if not why else b""
+    code = None
+    if not why and data.startswith(header):
+        try:
+            code = marshal.loads(data[len(header):])
+        except (ValueError, EOFError, TypeError):
+            code = None
+    if type(code) is not type(_read.__code__):
+        _note("%s: %s: replacing it" % (name, why or "not code for this source"))
+        _drop(dfd, cache, name)
+        return None
+    return code
+
+
+def _write(dfd, cache, name, header, code, stems):
+    tmp = "%s.%d.tmp" % (name, os.getpid())
+    where = (lambda n: n) if dfd is not None else (lambda n: os.path.join(cache, n))
+    try:
+        for old in os.listdir(dfd if dfd is not None else cache):
+            if old != name and old.startswith(stems):
+                _drop(dfd, cache, old)
+        fd = os.open(where(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600, dir_fd=dfd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(header + marshal.dumps(code))
+        os.replace(where(tmp), where(name), src_dir_fd=dfd, dst_dir_fd=dfd)
+    except OSError as e:
+        _note("cannot write %s (%s)" % (name, e))
+        _drop(dfd, cache, tmp)
+
+
+def _load():
+    archive = os.path.dirname(os.path.abspath(__file__))
+    filename = os.path.join(archive, "cloudx_proxy.py")
+    magic = _magic()
+    header = HEADER + magic + SOURCE_SHA256.encode("ascii") + b"\\n"
+    stem = "code-%s-" % magic.hex()
+    name = "%s%s.bin" % (stem, SOURCE_SHA256[:32])
+    cache = _cache_dir()
+    dfd = _open_cache(cache)
+    code = _read(dfd, cache, name, header) if dfd != -1 else None
+    if code is None:
+        code = compile(__loader__.get_data(filename), filename, "exec")
+        if dfd != -1:
+            # older entries of this interpreter, and those of the earlier cache_tag-keyed format
+            _write(dfd, cache, name, header, code, (stem, "code-%s-" % sys.implementation.cache_tag))
+    if dfd is not None and dfd >= 0:
+        os.close(dfd)
+    module = type(sys)("cloudx_proxy")
+    module.__file__ = filename
+    sys.modules["cloudx_proxy"] = module
+    exec(code, module.__dict__)
+    return module
+
+
+_load().run()
+'''
+
+
+def render_zipapp(source: str) -> bytes:
+    """The zipapp of a module source: shebang, __main__.py and cloudx_proxy.py; the same bytes for the same source."""
+    import hashlib
+    import io
+    import zipfile
+
+    data = source.encode("utf-8")
+    main = ZIPAPP_MAIN.replace("@SOURCE_SHA256@", hashlib.sha256(data).hexdigest()).encode("utf-8")
+    out = io.BytesIO()
+    out.write(ZIPAPP_SHEBANG)
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, content in (("__main__.py", main), ("cloudx_proxy.py", data)):
+            info = zipfile.ZipInfo(name, date_time=ZIPAPP_DATE)
+            info.external_attr = 0o100644 << 16  # a regular file, rw-r--r--
+            info.create_system = 3  # Unix, wherever it is built
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, content)
+    return out.getvalue()
+
+
+def running_source() -> str:
+    """The source of the running program: this module's file, or its entry in the zipapp it runs from."""
+    path = os.path.abspath(__file__)
+    archive = os.path.dirname(path)
+    if os.path.isfile(archive):  # __file__ is archive/cloudx_proxy.py inside a zipapp
+        import zipfile
+
+        with zipfile.ZipFile(archive) as z:
+            return z.read(os.path.basename(path)).decode("utf-8")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def program_argv() -> list[str]:
     """How to run this program again from a ProxyCommand: the way the user runs it now."""
     arg0 = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
@@ -3294,6 +3528,123 @@ def program_argv() -> list[str]:
     if os.path.splitext(os.path.basename(arg0))[0].lower() == "cloudx-proxy":
         return [arg0]  # an installed console script
     return [sys.executable, os.path.abspath(__file__)]
+
+
+ZIPAPP_NAME = "cloudx_proxy.pyz"  # the stable copy setup installs beside the SSH config
+
+
+def unstable_roots(environ: Mapping[str, str], home: str) -> list[tuple[str, str]]:
+    """Directories whose contents may be cleaned away under a ProxyCommand: (directory, what it is).
+
+    Caches (uv's and pipx's run caches live there), temp dirs and the Downloads folder.
+    """
+    import tempfile
+
+    local = environ.get("LOCALAPPDATA", "")
+    # pipx keeps `pipx run` venvs in PIPX_HOME/.cache; PIPX_HOME's default moved across versions
+    pipx = [environ.get("PIPX_HOME", ""), os.path.join(home, ".local", "pipx")]
+    pipx += [
+        os.path.join(home, ".local", "share", "pipx"),
+        os.path.join(home, "Library", "Application Support", "pipx"),
+    ]
+    pipx += [os.path.join(local, "pipx")] if local else []
+    return [
+        (environ.get("XDG_CACHE_HOME", ""), "a cache directory"),
+        (os.path.join(home, ".cache"), "a cache directory"),
+        (os.path.join(home, "Library", "Caches"), "a cache directory"),
+        (environ.get("UV_CACHE_DIR", ""), "uv's cache"),
+        *[(os.path.join(p, ".cache") if p else "", "pipx's run cache") for p in pipx],
+        (os.path.join(local, "uv", "cache") if local else "", "uv's cache"),
+        (tempfile.gettempdir(), "a temporary directory"),
+        ("/tmp", "a temporary directory"),
+        ("/var/tmp", "a temporary directory"),
+        ("/var/folders", "macOS's temporary folders"),
+        (os.path.join(home, "Downloads"), "the Downloads folder"),
+    ]
+
+
+def version_roots(environ: Mapping[str, str], home: str) -> list[tuple[str, str]]:
+    """Where version managers keep interpreters that go away with their version: (directory, what)."""
+    pyenv = environ.get("PYENV_ROOT") or os.path.join(home, ".pyenv")
+    uv = environ.get("UV_PYTHON_INSTALL_DIR") or os.path.join(home, ".local", "share", "uv", "python")
+    return [
+        (os.path.join(pyenv, "versions"), "a pyenv version"),
+        (uv, "a uv-managed Python"),
+        (os.path.join(home, ".asdf", "installs"), "an asdf install"),
+        (os.path.join(home, ".local", "share", "mise", "installs"), "a mise install"),
+    ]
+
+
+def unstable_place(path: str, roots: list[tuple[str, str]], home: str) -> str | None:
+    """What may remove `path` ('a cache directory (~/.cache)'), or None when it is a stable place.
+
+    The path is checked as written and with its symlinks resolved (a venv's python in a cache
+    is a link out of it, and goes with it). A root that holds HOME itself (a home under /tmp,
+    as in a container) is no less stable than the home, so it does not count.
+    """
+
+    def forms(p: str) -> set[str]:
+        return {os.path.abspath(p), os.path.realpath(p)}
+
+    def under(p: str, top: str) -> bool:
+        return p == top or p.startswith(top.rstrip(os.sep) + os.sep)
+
+    places, homes = forms(path), forms(home)
+    for root, what in roots:
+        tops = forms(root) if root else set()
+        if any(under(p, t) for p in places for t in tops) and not any(under(h, t) for h in homes for t in tops):
+            return f"{what} ({root})"
+    return None
+
+
+def setup_interpreter(s: Setup) -> str:
+    """The Python for a ProxyCommand that must outlive caches: this one (or what its venv link
+    points at) when stable, else `python3` from PATH (3.9+), else this one's real path, with a warning."""
+    import shutil
+
+    roots = unstable_roots(s.env, s.home) + version_roots(s.env, s.home)
+    for candidate in (sys.executable, os.path.realpath(sys.executable)):
+        if candidate and not unstable_place(candidate, roots, s.home):
+            return candidate
+    python3 = shutil.which("python3", path=s.env.get("PATH"))
+    check = [python3 or "python3", "-c", "import sys; sys.exit(sys.version_info < (3, 9))"]
+    if python3 and run_cmd(check, timeout=60, env=s.env).returncode == 0:
+        return "python3"
+    real = os.path.realpath(sys.executable)
+    log(f"  warning: no python3 3.9+ on PATH: the ProxyCommand names {real}, {unstable_place(real, roots, s.home)}")
+    return real
+
+
+def setup_program(s: Setup) -> list[str]:
+    """The argv a ProxyCommand runs this program with: as it runs now when that is stable; run from a
+    cache, temp dir or download (uvx, pipx run), a zipapp of it installed beside the SSH config."""
+    program = program_argv()
+    roots = unstable_roots(s.env, s.home)
+    why = unstable_place(program[-1], roots, s.home)
+    if why is None:
+        python_why = unstable_place(program[0], roots, s.home) if len(program) == 2 else None
+        if python_why:
+            interpreter = setup_interpreter(s)
+            log(f"  {program[0]} is in {python_why}, which may be cleaned: the ProxyCommand runs {interpreter}")
+            return [interpreter, program[1]]
+        return program
+    target = os.path.join(s.ssh_dir, ZIPAPP_NAME)
+    interpreter = setup_interpreter(s)
+    data = render_zipapp(running_source())
+    said = f"  {PROG} runs from {program[-1]}, in {why}, which may be cleaned: "
+    if s.dry_run:
+        log(said + f"[dry run] would install it as {target} (run by {interpreter}) for the ProxyCommand")
+        return [interpreter, target]
+    ensure_private_dir(s.ssh_dir)
+    try:
+        with open(target, "rb") as f:
+            same = f.read() == data
+    except OSError:
+        same = False
+    if not same:
+        atomic_write_bytes(target, data, 0o700)
+    log(said + f"installed it as {target} (run by {interpreter}); the ProxyCommand runs that copy")
+    return [interpreter, target]
 
 
 def _is_zip(path: str) -> bool:
@@ -3573,6 +3924,10 @@ def setup_op_key(s: Setup) -> str | None:
             raise CloudxError("the 1Password CLI 'op' was not found", OP_INSTALL_HINT)
         run_op(op, ["whoami", "--format", "json"], s.env)
     except CloudxError as e:
+        if s.dry_run:  # a preview: say what a real run needs, and show the config it would write
+            log(f"  [dry run] {e.message} ({e.hint}); a real run needs it" if e.hint else f"  [dry run] {e.message}")
+            log(f"  [dry run] would find '{title}' in 1Password or create it in vault {s.op_vault or 'Private'}")
+            return op_agent_socket(s.home)[0]
         if s.yes:
             raise
         log(f"  1Password is not available: {e.message}")
@@ -3622,6 +3977,7 @@ def setup_op_key(s: Setup) -> str | None:
         except ValueError:
             raise CloudxError("unexpected output from op item create") from None
         log(f"  created '{title}' in vault {vault}")
+        log(f"  important: make sure '{title}' is enabled in 1Password's SSH agent (Settings > Developer)")
     vault_ref = item.get("vault", {}).get("id") or s.op_vault or "Private"
     public = run_op(op, ["read", f"op://{vault_ref}/{item.get('id')}/public key"], s.env).strip()
     public = parse_public_key(public, f"1Password item '{title}'")
@@ -3642,7 +3998,7 @@ def setup_op_key(s: Setup) -> str | None:
 def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str | None = None) -> str:
     """Write the three-tier config into --ssh-config, adopting what is there; returns the host name to use."""
     s.step(f"Writing SSH configuration {s.ssh_config}...")
-    program = program_argv()
+    program = setup_program(s)
     proxy = render_proxy_command(program, s.profile, s.key, s.ssh_dir, s.aws_env, s.windows)
     result = {"host": f"{s.prefix}-{env}-{hostname}"}
 
@@ -3835,6 +4191,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
     )
     validate_host_part("environment", env)
     validate_host_part("hostname", hostname)
+    conflict = tag_env_conflict(tags, env)
+    if conflict:
+        log(f"  warning: {conflict}" + (" (from --environment)" if s.environment else ""))
     log(f"  instance {instance_id}: environment '{env}', hostname '{hostname}'")
     agent = setup_op_key(s) if s.op_vault is not None else None
     if agent is None:
@@ -4015,17 +4374,55 @@ def render_findings(findings: list[tuple[str, str, str, str]], color: bool = Fal
     return "\n".join(lines) + "\n"
 
 
-def proxy_program_missing(proxy_command: str) -> str | None:
-    """The program (or zipapp/script) a ProxyCommand runs, if it does not exist."""
+def proxy_program_words(proxy_command: str) -> list[str] | None:
+    """The words of a ProxyCommand before 'connect' (the interpreter and program); None if unparsable."""
     import shlex
 
     try:
         words = shlex.split(proxy_command.replace("%%", "%"))
     except ValueError:
+        return None
+    return words[: words.index("connect") if "connect" in words else 1]
+
+
+def proxy_program_unstable(proxy_command: str, roots: list[tuple[str, str]], home: str) -> str | None:
+    """'PATH is in WHAT' for the first program word of a ProxyCommand in a place that may be cleaned."""
+    for word in proxy_program_words(proxy_command) or []:
+        if os.sep in word or (os.altsep and os.altsep in word):
+            why = unstable_place(os.path.expanduser(word), roots, home)
+            if why:
+                return f"{word} is in {why}"
+    return None
+
+
+def proxy_python_unfit(proxy_command: str, path_var: str | None) -> str | None:
+    """Why the Python a ProxyCommand runs our zipapp or module with cannot run it (it fails to start,
+    as a pyenv shim of a removed version does, or is older than 3.9), or None; runs it once."""
+    words = proxy_program_words(proxy_command) or []
+    if len(words) < 2 or not words[1].endswith((".pyz", ".py")):
+        return None
+    exe = os.path.expanduser(words[0]) if os.sep in words[0] else find_program(words[0], path_var)[0]
+    if not exe or not os.path.exists(exe):
+        return None  # proxy_program_missing says so
+    probe = "import sys; sys.stdout.write('%d.%d.%d' % tuple(sys.version_info[:3]))"
+    proc = run_cmd([exe, "-c", probe], timeout=60)
+    found = re.fullmatch(r"([0-9]+)\.([0-9]+)\.[0-9]+", proc.stdout.strip())
+    if proc.returncode != 0 or not found:
+        detail = " ".join(proc.stderr.split())[:120] or f"exit {proc.returncode}"
+        return f"{words[0]} does not run ({detail})"
+    if (int(found.group(1)), int(found.group(2))) < (3, 9):
+        return f"{words[0]} is Python {proc.stdout.strip()}; {PROG} needs 3.9 or newer"
+    return None
+
+
+def proxy_program_missing(proxy_command: str) -> str | None:
+    """The program (or zipapp/script) a ProxyCommand runs, if it does not exist."""
+    words = proxy_program_words(proxy_command)
+    if words is None:
         return proxy_command
     if not words:
         return "(empty)"
-    for word in words[: words.index("connect") if "connect" in words else 1]:
+    for word in words:
         if os.sep in word or (os.altsep and os.altsep in word):
             if not os.path.exists(os.path.expanduser(word)):
                 return word
@@ -4094,6 +4491,8 @@ class DoctorFacts:
     ssh_refusal: list[str]
     include_where: str | None
     proxies: list[tuple[str, str | None]]
+    proxy_unstable: tuple[tuple[str, str], ...] = ()  # (pattern, 'PATH is in a cache directory (...)')
+    proxy_python: tuple[tuple[str, str], ...] = ()  # (pattern, why its Python cannot run us)
     control: str | None
     control_exists: bool
     cache: str | None
@@ -4235,6 +4634,12 @@ def gather_doctor_facts(args: argparse.Namespace, environ: Mapping[str, str]) ->
         for info in envs.values():
             proxy = str(info["directives"].get("proxycommand", ""))
             f.proxies.append((str(info["pattern"]), proxy_program_missing(proxy) if proxy else "(no ProxyCommand)"))
+            unstable = proxy_program_unstable(proxy, unstable_roots(environ, home), home)
+            if unstable:
+                f.proxy_unstable += ((str(info["pattern"]), unstable),)
+            unfit = proxy_python_unfit(proxy, path_var) if proxy and not f.proxies[-1][1] else None
+            if unfit:
+                f.proxy_python += ((str(info["pattern"]), unfit),)
     f.ssh_refusal = ssh_config_refusal(f.ssh_path, f.main_config, config_path, parsed, args.target)
     f.control = os.path.join(home, ".ssh", "control") if os.name != "nt" else None
     f.control_exists = bool(f.control and os.path.isdir(f.control))
@@ -4442,12 +4847,25 @@ def config_findings(f: DoctorFacts) -> list[tuple[str, str, str, str]]:
                 ),
             }[f.include_where]
         )
+    unstable, unfit = dict(f.proxy_unstable), dict(f.proxy_python)
     for pattern, missing in f.proxies:
-        out.append(
-            (FAIL, "proxy command", f"{pattern}: {missing} does not exist", f"run '{PROG} setup' again")
-            if missing
-            else (OK, "proxy command", f"{pattern} runs an existing program", "")
-        )
+        if missing:
+            out.append((FAIL, "proxy command", f"{pattern}: {missing} does not exist", f"run '{PROG} setup' again"))
+        elif pattern in unfit:
+            out.append(
+                (FAIL, "proxy command", f"{pattern}: {unfit[pattern]}", f"run '{PROG} setup' again with Python 3.9+")
+            )
+        elif pattern in unstable:
+            out.append(
+                (
+                    WARN,
+                    "proxy command",
+                    f"{pattern}: {unstable[pattern]}, which may be cleaned",
+                    f"run '{PROG} setup' again: it installs a stable copy beside the SSH config",
+                )
+            )
+        else:
+            out.append((OK, "proxy command", f"{pattern} runs an existing program", ""))
     return out
 
 
@@ -4983,11 +5401,81 @@ def migrate_plan(source: str, target: str) -> list[tuple[str, str, str]]:
     return plan
 
 
+def migrated_link(src: str, source: str, target: str, moved: set[str]) -> str:
+    """What the symlink `src` in the legacy dir must say once it sits in `target`: it resolves to the
+    same file, or to that file's new place when the file moves too. A relative link stays relative
+    (rewritten for the new depth); an absolute one that points elsewhere is kept as written."""
+    text = os.readlink(src)
+    real_source, real_target = os.path.realpath(source), os.path.realpath(target)
+    final = os.path.realpath(src)
+    if os.path.dirname(final) == real_source and os.path.basename(final) in moved:
+        final = os.path.join(real_target, os.path.basename(final))
+    elif os.path.isabs(text):
+        return text
+    return final if os.path.isabs(text) else os.path.relpath(final, real_target)
+
+
+def migrate_contents(
+    plan: list[tuple[str, str, str]], source: str, target: str, home: str, add: dict[str, str]
+) -> tuple[dict[str, bytes], dict[str, str], str | None, str | None]:
+    """What migrate writes: (bytes per moved regular file, link text per moved symlink, the file
+    outside the dir a symlinked config is edited in (else None), the key of the config's new text
+    in the bytes: 'config', the name of the file it links to in the dir, '' for that outside file,
+    or None without a config)."""
+    moved = {name for name, _, _ in plan}
+    contents: dict[str, bytes] = {}
+    links = {name: migrated_link(src, source, target, moved) for name, src, _ in plan if os.path.islink(src)}
+    for name, src, _dst in plan:
+        if name not in links:
+            contents[name] = read_text_bytes(src)
+    through, key = None, None
+    for name, src, _dst in plan:
+        if name != "config":
+            continue
+        text, notes = migrate_config_text(read_text(src), source, target, home, add)
+        for note in notes:
+            log(f"  {src}: {note}")
+        real = os.path.realpath(src)
+        if name not in links:
+            key = name
+        elif os.path.dirname(real) == os.path.realpath(source) and os.path.basename(real) in contents:
+            key = os.path.basename(real)  # the file the link names moves with it
+        else:
+            key, through = "", real  # a file elsewhere (a dotfiles repo): edited in place, through the link
+        contents[key] = text.encode("utf-8")
+    return contents, links, through, key
+
+
+def migrate_conflicts(plan: list[tuple[str, str, str]], contents: dict[str, bytes], links: dict[str, str]) -> list[str]:
+    """The target files that exist and differ from what migrate would put there."""
+    out = []
+    for name, _src, dst in plan:
+        if not os.path.lexists(dst):
+            continue
+        if name in links:
+            same = os.path.islink(dst) and os.readlink(dst) == links[name]
+        else:
+            same = os.path.isfile(dst) and not os.path.islink(dst) and read_text_bytes(dst) == contents[name]
+        if not same:
+            out.append(dst)
+    return out
+
+
+def place_link(dst: str, text: str) -> None:
+    """Create (or replace) the symlink dst -> text atomically: a temp link beside it, then a rename."""
+    tmp = os.path.join(os.path.dirname(dst), f".tmp-{os.path.basename(dst)}-{os.getpid()}~")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(text, tmp)
+    os.replace(tmp, dst)
+
+
 def migrate_legacy(home: str, target: str, dry_run: bool, confirm: Callable[[str], bool] | None) -> int:
     """Move ~/.ssh/vscode to `target`, keeping every host in its config working.
 
     All or nothing: a differing file at the target is overwritten only when `confirm` says so
-    (after a backup); otherwise nothing is changed. Returns the number of files moved.
+    (after a backup); otherwise nothing is changed. Symlinks move as symlinks that still resolve;
+    a symlinked config is edited through its link. Returns the number of files moved.
     """
     source = os.path.join(home, ".ssh", "vscode")
     if not os.path.isdir(source):
@@ -4998,19 +5486,8 @@ def migrate_legacy(home: str, target: str, dry_run: bool, confirm: Callable[[str
     d_profile, d_key, d_dir = default_profile_and_key(home)
     add = {"--profile": d_profile, "--ssh-key": d_key, "--ssh-dir": target} if d_dir == source else {}
     plan = migrate_plan(source, target)
-    contents: dict[str, bytes] = {}
-    for name, src, _dst in plan:
-        if name == "config":
-            text, notes = migrate_config_text(read_text(src), source, target, home, add)
-            for note in notes:
-                log(f"  {src}: {note}")
-            contents[name] = text.encode("utf-8")
-        else:
-            contents[name] = read_text_bytes(src)
-    overwrite = []
-    for name, _src, dst in plan:
-        if os.path.lexists(dst) and (not os.path.isfile(dst) or read_text_bytes(dst) != contents[name]):
-            overwrite.append(dst)
+    contents, links, through, config_key = migrate_contents(plan, source, target, home, add)
+    overwrite = migrate_conflicts(plan, contents, links)
     if overwrite and not dry_run:
         for dst in overwrite:
             if confirm is None or not confirm(f"{dst} exists and differs. Overwrite it (after a backup)?"):
@@ -5031,40 +5508,31 @@ def migrate_legacy(home: str, target: str, dry_run: bool, confirm: Callable[[str
 
     cache = cache_dir(os.environ, home)
     if dry_run:
-        for name, src, dst in plan:
-            log(
-                f"[dry run] would move {src} -> {dst}"
-                + (" (overwriting it after a backup)" if dst in overwrite else "")
-            )
-            if name == "config":
-                print_diff(dst, read_text(src), contents[name].decode("utf-8"))
+        migrate_preview(plan, contents, links, through, overwrite, config_key, target)
         old, new = update_file(main_config, update_main, cache, True)
         if new is not None:
             print_diff(main_config, old, new)
         log("[dry run] nothing was changed")
         return 0
     ensure_private_dir(target)
+    if through is not None:
+        edited = str(contents[config_key or ""], "utf-8")
+        update_file(through, lambda old: edited, cache)
+        log(f"  updated {through} (the file {os.path.join(source, 'config')} links to; backup beside it)")
     for name, src, dst in plan:
         if dst in overwrite:
             backup = backup_file(dst)
             log(f"  backed up {dst} to {backup}")
+        if name in links:
+            place_link(dst, links[name])
+            continue
         mode = stat_mode(src)
-        if name.endswith(".pub"):
-            mode = mode & 0o644 or 0o644
-        else:
-            mode = mode & 0o600 or 0o600
-        if name == "config":
-            atomic_write_bytes(dst, contents[name], 0o600)
-        elif os.path.islink(src):
-            import shutil
-
-            shutil.move(src, dst)
-        else:
-            atomic_write_bytes(dst, contents[name], mode)
-    for _name, src, dst in plan:
+        mode = (mode & 0o644 or 0o644) if name.endswith(".pub") else (mode & 0o600 or 0o600)
+        atomic_write_bytes(dst, contents[name], 0o600 if name == "config" else mode)
+    for name, src, dst in plan:
         if os.path.lexists(src):
             os.unlink(src)
-        log(f"moved {src} -> {dst}")
+        log(f"moved {src} -> {dst}" + (f" (a symlink to {links[name]})" if name in links else ""))
     old, new = update_file(main_config, update_main, cache)
     if new is not None:
         log(f"updated {main_config} (backup beside it)")
@@ -5073,7 +5541,27 @@ def migrate_legacy(home: str, target: str, dry_run: bool, confirm: Callable[[str
         log(f"removed the empty {source}")
     else:
         log(f"left in {source}: {', '.join(sorted(os.listdir(source)))}")
+    broken = [dst for _, _, dst in plan if not os.path.exists(dst)]
+    if broken:
+        raise CloudxError(f"migrated, but {', '.join(broken)} no longer resolve", "fix those symlinks by hand")
     return len(plan)
+
+
+def migrate_preview(
+    plan: list[tuple[str, str, str]], contents: dict[str, bytes], links: dict[str, str], through: str | None,
+    overwrite: list[str], config_key: str | None, target: str,
+) -> None:  # fmt: skip
+    """A dry run's account of the moves, the links and the diff of the config (where it is written)."""
+    for name, src, dst in plan:
+        how = f" as a symlink to {links[name]}" if name in links else ""
+        log(
+            f"[dry run] would move {src} -> {dst}{how}"
+            + (" (overwriting it after a backup)" if dst in overwrite else "")
+        )
+        if name == "config" and config_key is not None:
+            print_diff(
+                through or os.path.join(target, config_key), read_text(src), contents[config_key].decode("utf-8")
+            )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

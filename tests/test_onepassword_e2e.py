@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 from rig import Home, Rig, ssh_config_argv
 from rig.op_stub import OpStub
 
@@ -503,3 +504,63 @@ def test_public_key_whose_private_key_is_in_an_agent(rig: Rig, ophome: Home, pyz
     argv = ssh_config_argv(ophome, config, "cloudX-dev-op15", "echo", "agent-ok")
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert (res.returncode, res.stdout) == (0, "agent-ok\n"), res.stderr
+
+
+ORIGINAL_PYTHON = Path(__file__).resolve().parent.parent / ".venv-original" / "bin" / "python"
+
+
+def test_dry_run_without_op_previews(rig: Rig, ophome: Home, pyz: Path) -> None:
+    """No `op` at all: a dry run still previews (exit 0), says op is missing, shows the config
+    with the agent, and writes nothing (the reference's dry run never looks for op either)."""
+    env = rig.env(ophome)
+    assert shutil.which("op", path=env["PATH"]) is None, "a real op is on the rig's PATH"
+    before = sorted(p.relative_to(ophome.path) for p in ophome.path.rglob("*") if ".cache" not in p.parts)
+    iid = rig.add_instance()
+    res = setup(rig, ophome, pyz, env, "--instance", iid, "--hostname", "op16", "--1password", "--yes", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "[dry run] the 1Password CLI 'op' was not found" in res.stderr
+    assert f"would find '{TITLE}' in 1Password or create it in vault Private" in res.stderr
+    assert f"+    IdentityAgent {ophome.path / '.1password' / 'agent.sock'}" in res.stderr
+    assert f"+    IdentityFile {ophome.ssh_dir / 'cloudX.pub'}" in res.stderr
+    assert "Traceback" not in res.stderr
+    after = sorted(p.relative_to(ophome.path) for p in ophome.path.rglob("*") if ".cache" not in p.parts)
+    assert after == before
+
+
+def test_1password_true_is_the_private_vault_and_setup_reminds_to_enable_the_key(
+    rig: Rig, ophome: Home, pyz: Path, op: OpStub, agent: Path
+) -> None:
+    """`--1password true` names the default vault, as in the reference (checked against its own
+    code), not a vault called 'true'; after creating the key setup says to enable it in the agent."""
+    if not ORIGINAL_PYTHON.exists():
+        skip_or_fail(f"{ORIGINAL_PYTHON} missing (.ci/run installs tests/requirements-original.txt there)")
+    probe = "from cloudx_proxy.setup import CloudXSetup as S; print(S(op_vault='true', non_interactive=True).op_vault)"
+    ref = subprocess.run(
+        [str(ORIGINAL_PYTHON), "-I", "-c", probe],
+        env={"HOME": str(ophome.path), "PATH": "/usr/bin:/bin"},
+        cwd=ophome.path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (ref.returncode, ref.stdout) == (0, "Private\n"), ref.stderr
+    iid = rig.add_instance()
+    res = setup(
+        rig,
+        ophome,
+        pyz,
+        op.env(rig.env(ophome)),
+        "--instance",
+        iid,
+        "--hostname",
+        "op17",
+        "--1password",
+        "true",
+        "--yes",
+    )
+    assert res.returncode == 0, res.stderr
+    assert [(i["title"], i["vault"]["name"]) for i in op.items()] == [(TITLE, "Private")]
+    assert "vault 'true'" not in res.stderr and PRIVATE_WARNING not in res.stderr
+    assert f"make sure '{TITLE}' is enabled in 1Password's SSH agent" in res.stderr
+    res = ssh_via_config(rig, ophome, ophome.ssh_dir / "config", "cloudX-dev-op17", "echo true-vault")
+    assert (res.returncode, res.stdout) == (0, "true-vault\n"), res.stderr

@@ -4297,6 +4297,7 @@ class DoctorFacts:
     patterns: list[str]
 
     def __init__(self, **fields: object) -> None:
+        self.editors, self.patterns = [], []  # no editor installed
         self.__dict__.update(fields)
 
 
@@ -4660,7 +4661,6 @@ def editor_findings(
     """Per installed editor: the Remote-SSH timeouts in force, the platform of our hosts, and
     whether remote.SSH.configFile (when set) names a file that gives our hosts (pure)."""
     out: list[tuple[str, str, str, str]] = []
-    fix = f"run '{PROG} setup' again (it sets them), or add to the outermost {{ }} of "
     for e in editors:
         name, path, settings = e["name"], e["path"], e["settings"]
         if settings is None:
@@ -4669,48 +4669,44 @@ def editor_findings(
             continue
         for key, least in EDITOR_MINIMUMS:
             value = settings.get(key, EDITOR_DEFAULTS[key])
-            shown = f"{json.dumps(value)}" + (" s" if _is_number(value) else "")
+            shown = json.dumps(value) + (" s" if _is_number(value) else "")
             shown += "" if key in settings else " (not set: the default)"
             check = f"{name} {key.rsplit('.', 1)[1]}"
             if _is_number(value) and value >= least:
                 out.append((OK, check, shown, ""))
-            else:
-                why = (
-                    "a stopped instance takes 30-90 s to come up"
-                    if least == 90
-                    else "the first connect installs the server"
-                )
-                out.append((WARN, check, f"{shown} in {path}: {why}", f'{fix}{path}: "{key}": {least}'))
-        out.append(_platform_finding(name, path, settings.get(EDITOR_PLATFORM_KEY), patterns, fix))
-        named = settings.get(EDITOR_CONFIG_KEY)
+                continue
+            why = (
+                "a stopped instance takes 30-90 s to come up"
+                if least == 90
+                else "the first connect installs the server"
+            )
+            fix = f"run '{PROG} setup' again (it sets {least}), or set \"{key}\": {least} there"
+            out.append((WARN, check, f"{shown} in {path}: {why}", fix))
+        out.append(_platform_finding(name, path, settings.get(EDITOR_PLATFORM_KEY), patterns))
         if e["shows_hosts"] is not None:
-            check = f"{name} configFile"
+            named, check = settings.get(EDITOR_CONFIG_KEY), f"{name} configFile"
             if e["shows_hosts"]:
                 out.append((OK, check, f"remote.SSH.configFile {named} gives the {patterns[0]} hosts", ""))
-            else:
-                out.append(
-                    (
-                        FAIL,
-                        check,
-                        f"remote.SSH.configFile names {named}, which does not give the {patterns[0]} hosts:"
-                        " Remote-SSH will not see them",
-                        f'remove "remote.SSH.configFile" from {path} (Remote-SSH then reads ~/.ssh/config, which'
-                        f" includes ours), or add 'Include {config_path}' at the top of {named}",
-                    )
-                )
+                continue
+            detail = (
+                f"remote.SSH.configFile names {named}, without the {patterns[0]} hosts: Remote-SSH will not see them"
+            )
+            fix = f'remove "remote.SSH.configFile" from {path} (then ~/.ssh/config, which includes ours, is read)'
+            out.append((FAIL, check, detail, f"{fix}, or add 'Include {config_path}' at the top of {named}"))
     return out
 
 
-def _platform_finding(name: str, path: str, platforms: Any, patterns: list[str], fix: str) -> tuple[str, str, str, str]:
+def _platform_finding(name: str, path: str, platforms: Any, patterns: list[str]) -> tuple[str, str, str, str]:
     """The remotePlatform check of one editor: our patterns mapped, and to linux."""
     check = f"{name} remotePlatform"
+    pairs = ", ".join(f'"{p}": "linux"' for p in patterns)
     if platforms is not None and not isinstance(platforms, dict):
-        return (WARN, check, f"remote.SSH.remotePlatform in {path} is not an object", f"make it {{ }} and {fix}{path}")
+        return (WARN, check, f"remote.SSH.remotePlatform in {path} is not an object", f"make it {{{pairs}}}")
     platforms = platforms or {}
     missing = [p for p in patterns if p not in platforms]
     if missing:
-        pairs = ", ".join(f'"{p}": "linux"' for p in missing)
-        return (WARN, check, f"{', '.join(missing)} not set: Remote-SSH asks for the platform", f"{fix}{path}: {pairs}")
+        detail = f"{', '.join(missing)} not in remote.SSH.remotePlatform of {path}: Remote-SSH asks for the platform"
+        return (WARN, check, detail, f"run '{PROG} setup' again, or add {pairs} there")
     other = [f"{p} is {json.dumps(platforms[p])}" for p in patterns if platforms[p] != "linux"]
     if other:
         return (

@@ -5326,7 +5326,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     moved = migrate_legacy(home, target, args.dry_run, confirm if sys.stdin.isatty() else None)
     if not args.dry_run:
         log(f"migrated {moved} files to {target}; every host keeps its profile and key")
-        log(f"if VSCode's remote.SSH.configFile names the old config, change it to {os.path.join(target, 'config')}")
+        log("if VS Code's remote.SSH.configFile names the old config, remove it (~/.ssh/config includes the new one)")
     return EXIT_OK
 
 

@@ -1379,11 +1379,11 @@ EDITOR_APPS = (
 )
 # One JSONC token at a time: whitespace, comments, strings (strict JSON escapes, no control
 # characters), numbers (JSON grammar), literals, punctuation. Anything else is an error.
-JSONC_TOKEN_RE = re.compile(
+# Compiled when used (re caches it): connect never needs it.
+JSONC_TOKEN_PATTERN = (
     r"(?P<ws>[ \t\r\n]+)|(?P<comment>//[^\r\n]*|/\*.*?\*/)"
     r'|(?P<str>"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")'
-    r"|(?P<num>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)|(?P<word>true|false|null)|(?P<punct>[{}\[\]:,])",
-    re.S,
+    r"|(?P<num>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)|(?P<word>true|false|null)|(?P<punct>[{}\[\]:,])"
 )
 
 
@@ -1407,10 +1407,11 @@ def jsonc_tokens(text: str) -> list[tuple[str, int, int]]:
 
     A BOM at the start is skipped. ValueError on anything JSONC does not allow.
     """
+    token_re = re.compile(JSONC_TOKEN_PATTERN, re.S)
     tokens = []
     pos = 1 if text.startswith("\ufeff") else 0
     while pos < len(text):
-        match = JSONC_TOKEN_RE.match(text, pos)
+        match = token_re.match(text, pos)
         if match is None:
             raise ValueError(f"unexpected {text[pos]!r} at {_jsonc_line(text, pos)}")
         kind = match.lastgroup or ""
@@ -3953,6 +3954,8 @@ def editor_not_writable(path: str) -> str | None:
     real = os.path.realpath(path)
     if os.path.islink(path) and not os.path.exists(real):
         return f"it is a symlink to {real}, which does not exist"
+    if os.path.exists(real) and not os.path.isfile(real):
+        return f"{real} is not a regular file"
     if os.path.exists(real) and not os.access(real, os.W_OK):
         return f"{real} is not writable" + (" (settings.json links there)" if real != os.path.abspath(path) else "")
     if not os.access(os.path.dirname(real), os.W_OK):
@@ -3963,13 +3966,13 @@ def editor_not_writable(path: str) -> str | None:
 def plan_editor_settings(path: str, patterns: list[str]) -> tuple[str, str | None, str | None]:
     """(the text of settings.json, the text setup would write or None when nothing changes,
     why setup must not touch it or None)."""
+    why = editor_not_writable(path)
+    if why:
+        return "", None, why
     try:
         text = read_text(path)
     except CloudxError as e:
         return "", None, e.message
-    why = editor_not_writable(path)
-    if why:
-        return text, None, why
     try:
         new = edit_editor_settings(text, patterns)
     except ValueError as e:

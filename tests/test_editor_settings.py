@@ -426,3 +426,37 @@ def test_property_any_text_is_edited_cleanly_or_refused(text: str) -> None:
     except ValueError:
         return
     assert_edit_ok(text, new)
+
+
+# --- the file side, on real files ----------------------------------------------------------------
+def test_plan_refuses_what_it_cannot_replace(tmp_path: Path) -> None:
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "missing" / "settings.json")
+    assert "does not exist" in (cp.plan_editor_settings(str(dangling), PATTERNS)[2] or "")
+    directory = tmp_path / "dir.json"
+    directory.mkdir()
+    assert "not a regular file" in (cp.plan_editor_settings(str(directory), PATTERNS)[2] or "")
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"a": "\xe9"}')
+    assert "not UTF-8" in (cp.plan_editor_settings(str(latin), PATTERNS)[2] or "")
+    missing = tmp_path / "new" / "settings.json"
+    missing.parent.mkdir()
+    old, new, why = cp.plan_editor_settings(str(missing), PATTERNS)
+    assert old == "" and why is None and jsonc(new or "") == OURS
+
+
+def test_write_goes_through_the_link_keeps_the_mode_and_backs_up(tmp_path: Path) -> None:
+    real = tmp_path / "dotfiles" / "settings.json"
+    real.parent.mkdir()
+    real.write_text("{\n  // mine\n}\n")
+    real.chmod(0o640)
+    link = tmp_path / "User" / "settings.json"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    assert cp.write_editor_settings(str(link), PATTERNS, str(tmp_path / "cache")) is None
+    assert link.is_symlink() and jsonc(real.read_text()) == OURS
+    assert real.read_text().startswith("{\n  // mine\n")
+    assert (real.stat().st_mode & 0o777) == 0o640
+    assert (real.parent / "settings.json.bak").read_text() == "{\n  // mine\n}\n"
+    assert cp.write_editor_settings(str(link), PATTERNS, str(tmp_path / "cache")) is None
+    assert sorted(p.name for p in real.parent.iterdir()) == ["settings.json", "settings.json.bak"], "no new backup"

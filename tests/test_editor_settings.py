@@ -115,6 +115,10 @@ EDITED = {
     ),
     "no final newline": '{\n  "a": [\n    1\n  ]\n}',
     "comment-only with no newline": "/* x */",
+    "comment after the closing brace": '{\n  "a": 1\n} // end\n',
+    "block comment before the closing brace": '{\n  "a": 1 /* one\n  two */\n}\n',
+    "first member on the brace's line": '{ "a": 1,\n  "b": [\n    2\n  ]\n}\n',
+    "platform multi-line, members on the brace's line": '{\n  "remote.SSH.remotePlatform": { "x": "linux",\n    "y": "linux" }\n}\n',
 }
 
 REFUSED = {
@@ -460,3 +464,21 @@ def test_write_goes_through_the_link_keeps_the_mode_and_backs_up(tmp_path: Path)
     assert (real.parent / "settings.json.bak").read_text() == "{\n  // mine\n}\n"
     assert cp.write_editor_settings(str(link), PATTERNS, str(tmp_path / "cache")) is None
     assert sorted(p.name for p in real.parent.iterdir()) == ["settings.json", "settings.json.bak"], "no new backup"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(settings_files(), st.sampled_from(list(REFUSED.values()))))
+def test_property_the_file_is_edited_cleanly_or_left_byte_for_byte(tmp_path: Path, text: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=tmp_path) as work:
+        path = Path(work) / "settings.json"
+        path.write_bytes(text.encode("utf-8"))
+        why = cp.write_editor_settings(str(path), PATTERNS, str(Path(work) / "cache"))
+        after = path.read_bytes().decode("utf-8")
+        if why is not None:
+            assert after == text and not (Path(work) / "settings.json.bak").exists()
+            with pytest.raises(ValueError):
+                cp.edit_editor_settings(text, PATTERNS)
+        else:
+            assert_edit_ok(text, after)

@@ -1567,14 +1567,9 @@ def edit_editor_settings(text: str, patterns: list[str]) -> str:
     root = parse_jsonc(text)
     first_nl = text.find("\n")
     nl = "\r\n" if first_nl > 0 and text[first_nl - 1] == "\r" else "\n"
-    platforms = [(json.dumps(p), '"linux"') for p in patterns]
-    if root is None:  # empty, or only comments: add an object after what is there
-        lines = [f"    {json.dumps(k)}: {v}" for k, v in EDITOR_MINIMUMS]
-        inner = ("," + nl).join(f"        {k}: {v}" for k, v in platforms)
-        lines.append(f"    {json.dumps(EDITOR_PLATFORM_KEY)}: {{{nl}{inner}{nl}    }}")
+    if root is None:  # empty, or only comments: an object after what is there, then as for '{}'
         gap = "" if not text.strip("\ufeff") or text.endswith("\n") else nl
-        new = text + gap + "{" + nl + ("," + nl).join(lines) + nl + "}" + nl
-        return _checked_edit(new, {}, patterns)
+        return edit_editor_settings(text + gap + "{" + nl + "}" + nl, patterns)
     if not isinstance(root.value, dict):
         raise ValueError("the top level is not an object")
     unit = _member_indent(text, root, "") or "    "
@@ -1582,6 +1577,7 @@ def edit_editor_settings(text: str, patterns: list[str]) -> str:
     edits: list[tuple[int, int, str]] = []
     added: list[str] = []
     nodes = {key: node for key, _start, node in root.members}
+    platforms = [(json.dumps(p), '"linux"') for p in patterns]
     for key, least in EDITOR_MINIMUMS:
         node = nodes.get(key)
         if node is None:
@@ -3983,7 +3979,7 @@ def plan_editor_settings(path: str, patterns: list[str]) -> tuple[str, str | Non
 def print_editor_instructions(name: str, path: str, why: str, patterns: list[str]) -> None:
     """Say why a settings.json is left alone, and what to add to it by hand."""
     log(f"  {name}: not changing {path}: {why}")
-    log("  add these settings inside its outermost { } (keep any larger timeout you set):")
+    log("  add these settings inside its outermost { } (keep larger timeouts; merge into a remotePlatform you have):")
     for line in render_editor_snippet(patterns):
         print(f"      {line}", file=sys.stderr)
 
@@ -4020,14 +4016,17 @@ def setup_editors(s: Setup, skip: bool) -> None:
     except CloudxError:  # no terminal to answer on: leave the editors alone
         apply = False
     if not apply:
-        log(f"  editor settings left unchanged (README, 'VS Code', lists them; '{PROG} doctor' checks them)")
+        log(f"  editor settings left unchanged ('{PROG} doctor' checks them; the README's VS Code section lists them)")
         return
     for name, path in pending:
+        existed = os.path.exists(path)
         why = write_editor_settings(path, patterns, s.cache)
         if why:
             print_editor_instructions(name, path, why, patterns)
-        else:
+        elif existed:
             log(f"  {name}: updated {path} (the file before is kept next to it as {os.path.basename(path)}.bak*)")
+        else:
+            log(f"  {name}: created {path}")
 
 
 def write_editor_settings(path: str, patterns: list[str], cache: str) -> str | None:

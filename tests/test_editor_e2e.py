@@ -112,14 +112,23 @@ def test_setup_applies_the_settings_rerun_changes_nothing_doctor_before_and_afte
 
 def test_dry_run_shows_the_diff_and_writes_nothing(rig: Rig, home: Home, pyz: Path) -> None:
     settings = code_settings(home, '{\n    "editor.fontSize": 13\n}\n')
-    code_settings(home, None, app="Cursor")  # installed, no settings.json yet
+    cursor = code_settings(home, None, app="Cursor")  # installed, no settings.json yet
     files = tree(home)
-    res = cli(rig, home, pyz, "setup", "--instance", rig.add_instance(), "--hostname", "d", "--yes", "--dry-run")
+    iid = rig.add_instance()
+    res = cli(rig, home, pyz, "setup", "--instance", iid, "--hostname", "d", "--yes", "--dry-run")
     assert res.returncode == 0, res.stderr
     assert tree(home) == files
     assert f"[dry run] would change {settings}" in res.stderr
     assert '+    "remote.SSH.connectTimeout": 90,' in res.stderr
-    assert f"would change {settings.parent.parent.parent / 'Cursor' / 'User' / 'settings.json'}" in res.stderr
+    assert f"would change {cursor}" in res.stderr
+    res = cli(rig, home, pyz, "setup", "--instance", iid, "--hostname", "d", "--yes")
+    assert res.returncode == 0, res.stderr
+    assert f"Cursor: created {cursor}" in res.stderr and f"VS Code: updated {settings}" in res.stderr
+    assert cp.parse_jsonc(cursor.read_text()).value == {  # type: ignore[union-attr]
+        "remote.SSH.connectTimeout": 90,
+        "remote.SSH.serverInstallTimeout": 120,
+        "remote.SSH.remotePlatform": {"cloudX-*": "linux", "cloudx-*": "linux"},
+    }
 
 
 def test_interactive_asks_once_and_no_keeps_the_file(rig: Rig, home: Home, pyz: Path) -> None:

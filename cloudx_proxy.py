@@ -93,7 +93,8 @@ PLUGIN_INSTALL_HINT = (
 )
 SSM_AGENT_HINT = "check that the SSM agent runs on the instance and its instance role allows SSM"
 VSCODE_TIMEOUT_HINT = (
-    'the instance may still be starting: connect again, and give VSCode time with "remote.SSH.connectTimeout": 90'
+    "the instance may still be starting: connect again; in VS Code allow for it with"
+    ' "remote.SSH.connectTimeout": 90 (setup sets it; doctor checks it)'
 )
 
 
@@ -632,15 +633,6 @@ OP_AGENT_SOCKETS = (
 )
 OP_AGENT_PIPE = r"\\.\pipe\openssh-ssh-agent"
 OP_INSTALL_HINT = "install the 1Password CLI: https://developer.1password.com/docs/cli/get-started/"
-VSCODE_SETTINGS = """{{
-    "remote.SSH.configFile": "{config}",
-    "remote.SSH.connectTimeout": 90,
-    "remote.SSH.serverInstallTimeout": 120,
-    "remote.SSH.showLoginTerminal": true,
-    "remote.SSH.remotePlatform": {{
-        "{prefix}-*": "linux"
-    }}
-}}"""
 
 
 def split_lines(text: str) -> list[str]:
@@ -1268,11 +1260,6 @@ def insert_include(text: str, include_path: str, ssh_dir: str | None = None) -> 
     return "".join(lines + gap + [include])
 
 
-def render_vscode_settings(config_path: str, prefix: str) -> str:
-    """The VSCode settings.json snippet for our SSH config."""
-    return VSCODE_SETTINGS.format(config=config_path.replace("\\", "\\\\").replace('"', '\\"'), prefix=prefix)
-
-
 # --- list / doctor / cleanup: reading a config back ----------------------------
 def split_directive(line: str) -> tuple[str, str] | None:
     """(keyword lowercased, the rest of the line) as ssh splits them (DIRECTIVE_RE); None if no keyword.
@@ -1538,6 +1525,274 @@ def render_host_list(
     return "\n".join(out) + "\n"
 
 
+# --- editor settings (VS Code family): reading and editing settings.json (JSONC) ------------
+# Remote-SSH gives up after remote.SSH.connectTimeout (15 s when unset), and a stopped instance
+# takes 30-90 s to come up; the first connect also installs the server. Setup raises these to
+# at least the reference's values and never lowers a larger one.
+EDITOR_MINIMUMS = (("remote.SSH.connectTimeout", 90), ("remote.SSH.serverInstallTimeout", 120))
+EDITOR_DEFAULTS = {"remote.SSH.connectTimeout": 15, "remote.SSH.serverInstallTimeout": 30}
+EDITOR_PLATFORM_KEY = "remote.SSH.remotePlatform"
+EDITOR_CONFIG_KEY = "remote.SSH.configFile"
+# (name shown, directory name under the platform's config dir)
+EDITOR_APPS = (
+    ("VS Code", "Code"),
+    ("Code - Insiders", "Code - Insiders"),
+    ("VSCodium", "VSCodium"),
+    ("Cursor", "Cursor"),
+)
+# One JSONC token at a time: whitespace, comments, strings (strict JSON escapes, no control
+# characters), numbers (JSON grammar), literals, punctuation. Anything else is an error.
+# Compiled when used (re caches it): connect never needs it.
+JSONC_TOKEN_PATTERN = (
+    r"(?P<ws>[ \t\r\n]+)|(?P<comment>//[^\r\n]*|/\*.*?\*/)"
+    r'|(?P<str>"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")'
+    r"|(?P<num>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)|(?P<word>true|false|null)|(?P<punct>[{}\[\]:,])"
+)
+
+
+class JsoncNode:
+    """A JSONC value: its span, its Python value and, for an object, its members and trailing comma."""
+
+    __slots__ = ("start", "end", "value", "members", "trailing")
+
+    def __init__(self, start: int, end: int, value: Any, members: list[tuple[str, int, JsoncNode]], trailing: int):
+        self.start, self.end, self.value = start, end, value
+        self.members = members  # (key, where the key starts, value) for an object
+        self.trailing = trailing  # where an object's trailing comma is, or -1
+
+
+def _jsonc_line(text: str, pos: int) -> str:
+    return f"line {text.count(chr(10), 0, pos) + 1}"
+
+
+def jsonc_tokens(text: str) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of each token of a JSONC text, comments and whitespace left out (pure).
+
+    A BOM at the start is skipped. ValueError on anything JSONC does not allow.
+    """
+    token_re = re.compile(JSONC_TOKEN_PATTERN, re.S)
+    tokens = []
+    pos = 1 if text.startswith("\ufeff") else 0
+    while pos < len(text):
+        match = token_re.match(text, pos)
+        if match is None:
+            raise ValueError(f"unexpected {text[pos]!r} at {_jsonc_line(text, pos)}")
+        kind = match.lastgroup or ""
+        if kind not in ("ws", "comment"):
+            tokens.append((text[pos] if kind == "punct" else kind, pos, match.end()))
+        pos = match.end()
+    return tokens
+
+
+def parse_jsonc(text: str) -> JsoncNode | None:
+    """The top-level value of a JSONC text (None when it has none: empty, or only comments) (pure).
+
+    ValueError when the text is not JSONC or an object has a key twice: such a file is not ours to edit.
+    """
+    tokens = jsonc_tokens(text)
+    if not tokens:
+        return None
+    try:
+        node, end = _jsonc_value(text, tokens, 0)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if end != len(tokens):
+        raise ValueError(f"unexpected {text[tokens[end][1]]!r} after the value at {_jsonc_line(text, tokens[end][1])}")
+    return node
+
+
+def _jsonc_token(text: str, tokens: list[tuple[str, int, int]], i: int) -> tuple[str, int, int]:
+    if i >= len(tokens):
+        raise ValueError("unexpected end of the text")
+    return tokens[i]
+
+
+def _jsonc_value(text: str, tokens: list[tuple[str, int, int]], i: int) -> tuple[JsoncNode, int]:
+    """The value starting at token i and the index of the token after it."""
+    kind, start, end = _jsonc_token(text, tokens, i)
+    if kind in ("str", "num", "word"):
+        return JsoncNode(start, end, json.loads(text[start:end]), [], -1), i + 1
+    if kind not in "{[":
+        raise ValueError(f"unexpected {text[start]!r} at {_jsonc_line(text, start)}")
+    close = "}" if kind == "{" else "]"
+    members: list[tuple[str, int, JsoncNode]] = []
+    items: list[Any] = []
+    keys: set[str] = set()
+    trailing, i = -1, i + 1
+    while _jsonc_token(text, tokens, i)[0] != close:
+        key, key_start = "", -1
+        if kind == "{":
+            key_kind, key_start, key_end = tokens[i]
+            if key_kind != "str":
+                raise ValueError(f"expected a key in quotes at {_jsonc_line(text, key_start)}")
+            key = json.loads(text[key_start:key_end])
+            if key in keys:
+                raise ValueError(f"the key {json.dumps(key)} appears twice")
+            keys.add(key)
+            if _jsonc_token(text, tokens, i + 1)[0] != ":":
+                raise ValueError(f"expected ':' after {json.dumps(key)} at {_jsonc_line(text, key_start)}")
+            i += 2
+        node, i = _jsonc_value(text, tokens, i)
+        members.append((key, key_start, node))
+        items.append(node.value)
+        sep, sep_start, _ = _jsonc_token(text, tokens, i)
+        if sep == ",":
+            i += 1
+            trailing = sep_start if _jsonc_token(text, tokens, i)[0] == close else -1
+        elif sep != close:
+            raise ValueError(f"expected ',' or {close!r} at {_jsonc_line(text, sep_start)}")
+    value: Any = {m[0]: m[2].value for m in members} if kind == "{" else items
+    return JsoncNode(start, tokens[i][2], value, members if kind == "{" else [], trailing), i + 1
+
+
+def editor_patterns(prefix: str) -> list[str]:
+    """remotePlatform patterns for our hosts: the prefix in both spellings (cloudX-* and cloudx-*)."""
+    spellings = [prefix, prefix.lower()] + (["cloudX"] if prefix.lower() == "cloudx" else [])
+    return [f"{p}-*" for p in dict.fromkeys(spellings)]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def merge_editor_settings(current: dict[str, Any], patterns: list[str]) -> dict[str, Any]:
+    """The settings with ours applied: timeouts raised to the minimums, our patterns added to
+    remotePlatform as linux; larger values and platforms the user chose are kept (pure)."""
+    wanted = dict(current)
+    for key, least in EDITOR_MINIMUMS:
+        if key not in wanted or (_is_number(wanted[key]) and wanted[key] < least):
+            wanted[key] = least
+    platforms = dict(wanted.get(EDITOR_PLATFORM_KEY) or {})
+    for pattern in patterns:
+        platforms.setdefault(pattern, "linux")
+    wanted[EDITOR_PLATFORM_KEY] = platforms
+    return wanted
+
+
+def render_editor_snippet(patterns: list[str]) -> list[str]:
+    """The settings.json lines setup adds, for a user to paste when setup cannot edit the file."""
+    platforms = ", ".join(f'"{p}": "linux"' for p in patterns)
+    return [f'"{key}": {least},' for key, least in EDITOR_MINIMUMS] + [f'"{EDITOR_PLATFORM_KEY}": {{{platforms}}}']
+
+
+def _line_indent(text: str, pos: int) -> str:
+    """The spaces and tabs that start the line pos is on."""
+    line = text[text.rfind("\n", 0, pos) + 1 : pos]
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def _member_indent(text: str, obj: JsoncNode, unit: str) -> str:
+    """The indentation of an object's members: that of the first one that starts a line (else one unit more)."""
+    for _key, key_start, _node in obj.members:
+        line_start = text.rfind("\n", 0, key_start) + 1
+        if line_start > obj.start and not text[line_start:key_start].strip(" \t"):
+            return text[line_start:key_start]
+    return _line_indent(text, obj.start) + unit
+
+
+def _insert_members(
+    text: str, obj: JsoncNode, members: list[str], nl: str, indent: str, top: bool
+) -> list[tuple[int, int, str]]:
+    """Edits that add rendered members before an object's closing brace, in the object's style:
+    on lines of their own (with a comma after the last one when the object has one there), or
+    on the same line when a nested object is written on one line."""
+    if not members:
+        return []
+    close = obj.end - 1
+    if not top and "\n" not in text[obj.start : obj.end]:
+        if not obj.members:
+            return [(close, close, ", ".join(members))]
+        if obj.trailing >= 0:
+            return [(obj.trailing + 1, obj.trailing + 1, " " + ", ".join(members) + ",")]
+        end = obj.members[-1][2].end
+        return [(end, end, ", " + ", ".join(members))]
+    edits = []
+    if obj.members and obj.trailing < 0:
+        end = obj.members[-1][2].end
+        edits.append((end, end, ","))
+    body = ("," + nl).join(indent + m for m in members) + ("," if obj.trailing >= 0 else "")
+    line_start = text.rfind("\n", 0, close) + 1
+    if line_start > obj.start and not text[line_start:close].strip(" \t"):
+        edits.append((line_start, line_start, body + nl))  # the brace starts its line: insert lines above it
+    else:
+        edits.append((close, close, nl + body + nl + _line_indent(text, obj.start)))
+    return edits
+
+
+def edit_editor_settings(text: str, patterns: list[str]) -> str:
+    """settings.json text with our Remote-SSH settings (merge_editor_settings) applied (pure).
+
+    Only the bytes of a timeout we raise change, and members are inserted before the closing brace
+    of their object; every other byte stays. ValueError when the text cannot be read with certainty
+    (not JSONC, the top level not an object, a key twice, one of our keys of an unexpected type) or
+    when the edited text does not read back as the original plus our keys: then it is not ours to edit.
+    """
+    root = parse_jsonc(text)
+    first_nl = text.find("\n")
+    nl = "\r\n" if first_nl > 0 and text[first_nl - 1] == "\r" else "\n"
+    if root is None:  # empty, or only comments: an object after what is there, then as for '{}'
+        gap = "" if not text.strip("\ufeff") or text.endswith("\n") else nl
+        return edit_editor_settings(text + gap + "{" + nl + "}" + nl, patterns)
+    if not isinstance(root.value, dict):
+        raise ValueError("the top level is not an object")
+    unit = _member_indent(text, root, "") or "    "
+    indent = _member_indent(text, root, unit)
+    edits: list[tuple[int, int, str]] = []
+    added: list[str] = []
+    nodes = {key: node for key, _start, node in root.members}
+    platforms = [(json.dumps(p), '"linux"') for p in patterns]
+    for key, least in EDITOR_MINIMUMS:
+        node = nodes.get(key)
+        if node is None:
+            added.append(f"{json.dumps(key)}: {least}")
+        elif not _is_number(node.value):
+            raise ValueError(f"{json.dumps(key)} is {text[node.start : node.end]}, not a number of seconds")
+        elif node.value < least:
+            edits.append((node.start, node.end, str(least)))
+    node = nodes.get(EDITOR_PLATFORM_KEY)
+    if node is None:
+        trail = "," if root.trailing >= 0 else ""
+        inner = ("," + nl).join(f"{indent}{unit}{k}: {v}" for k, v in platforms) + trail
+        added.append(f"{json.dumps(EDITOR_PLATFORM_KEY)}: {{{nl}{inner}{nl}{indent}}}")
+    elif not isinstance(node.value, dict):
+        raise ValueError(f"{json.dumps(EDITOR_PLATFORM_KEY)} is not an object")
+    else:
+        missing = [f"{k}: {v}" for (k, v), p in zip(platforms, patterns) if p not in node.value]
+        edits += _insert_members(text, node, missing, nl, _member_indent(text, node, unit), False)
+    edits += _insert_members(text, root, added, nl, indent, True)
+    # From the end back; of two insertions at one place the one made first stays first.
+    for index in sorted(range(len(edits)), key=lambda k: (edits[k][0], k), reverse=True):
+        start, end, new_text = edits[index]
+        text = text[:start] + new_text + text[end:]
+    return _checked_edit(text, root.value, patterns)
+
+
+def _checked_edit(new: str, current: dict[str, Any], patterns: list[str]) -> str:
+    """new, when it reads back as current plus our settings; else ValueError."""
+    got = parse_jsonc(new)
+    wanted = merge_editor_settings(current, patterns)
+    if got is None or json.dumps(got.value, sort_keys=True) != json.dumps(wanted, sort_keys=True):
+        raise ValueError("the edited text would not read back as the original plus our settings")
+    return new
+
+
+def editor_settings_dirs(platform: str, environ: Mapping[str, str], home: str) -> list[tuple[str, str]]:
+    """(editor, user settings directory) of each VS Code-family editor on this platform (pure):
+    Linux $XDG_CONFIG_HOME (when absolute) or ~/.config, macOS ~/Library/Application Support,
+    Windows %APPDATA%; then <App>/User."""
+    import ntpath
+    import posixpath
+
+    if platform == "win32":
+        base, join = environ.get("APPDATA") or ntpath.join(home, "AppData", "Roaming"), ntpath.join
+    elif platform == "darwin":
+        base, join = posixpath.join(home, "Library", "Application Support"), posixpath.join
+    else:
+        xdg = environ.get("XDG_CONFIG_HOME", "")
+        base, join = xdg if posixpath.isabs(xdg) else posixpath.join(home, ".config"), posixpath.join
+    return [(name, join(base, app, "User")) for name, app in EDITOR_APPS]
+
+
 # ---------------------------------------------------------------------------
 # File helpers
 # ---------------------------------------------------------------------------
@@ -1768,14 +2023,15 @@ def print_diff(path: str, old: str, new: str) -> None:
 
 
 def update_file(
-    path: str, update: Callable[[str], str | None], cache: str, dry_run: bool = False
+    path: str, update: Callable[[str], str | None], cache: str, dry_run: bool = False, keep_mode: bool = False
 ) -> tuple[str, str | None]:
     """Read-modify-write a config file under a lock, after a backup, atomically.
 
     A symlinked file is written through to its target. `update` gets the current
     text and returns the new one (None: no change). Returns (old, new or None).
     A dry run only reads: no lock, no cache dir, no backup. When the cache dir
-    cannot be trusted, the lock is taken on the file's directory instead.
+    cannot be trusted, the lock is taken on the file's directory instead. The
+    file is written 0600 unless keep_mode keeps the mode it has.
     """
     real = os.path.realpath(path)
     if dry_run:
@@ -1795,12 +2051,12 @@ def update_file(
         lock = directory
     try:
         with FileLock(lock, time.monotonic() + 60):
-            return _update_locked(real, update)
+            return _update_locked(real, update, keep_mode)
     except OSError as e:
         raise CloudxError(f"cannot update {real}: {e.strerror or e}", "check the directory's permissions") from None
 
 
-def _update_locked(real: str, update: Callable[[str], str | None]) -> tuple[str, str | None]:
+def _update_locked(real: str, update: Callable[[str], str | None], keep_mode: bool = False) -> tuple[str, str | None]:
     """update_file's read-modify-write, with the lock held."""
     old = read_text(real)
     new = update(old)
@@ -1813,7 +2069,7 @@ def _update_locked(real: str, update: Callable[[str], str | None]) -> tuple[str,
     if backup:
         debug(f"backed up {real} to {backup}")
     try:
-        atomic_write(real, new, 0o600)
+        atomic_write(real, new, os.stat(real).st_mode & 0o7777 if keep_mode and os.path.exists(real) else 0o600)
     except OSError as e:
         raise CloudxError(f"cannot write {real}: {e.strerror}", "check the directory's permissions") from None
     return old, new
@@ -4200,6 +4456,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         agent = setup_key(s)
     host = setup_config(s, env, hostname, instance_id, agent)
     setup_include(s)
+    setup_editors(s, bool(getattr(args, "no_editor_settings", False)))
     if s.dry_run:
         log(f"[dry run] would check the connection with: ssh {host}")
         return EXIT_OK
@@ -4208,8 +4465,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         print("Adopted the configuration PyPI cloudx-proxy wrote (banners are ours now, every other line kept):")
         print("".join(f"    {line}\n" for line in dict.fromkeys(s.adopted)))
     print(f"Setup complete. Connect with:\n    ssh {host}\n")
-    print("VSCode settings.json:")
-    print(render_vscode_settings(s.ssh_config, s.prefix))
+    print(f"or from VS Code: Remote Explorer (Remote-SSH), {host}")
     return rc
 
 
@@ -4219,6 +4475,117 @@ def _safe_host_part(value: str | None) -> str | None:
         return None
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-.")
     return cleaned if HOST_PART_RE.fullmatch(cleaned) else None
+
+
+# ---------------------------------------------------------------------------
+# editor settings (VS Code family)
+# ---------------------------------------------------------------------------
+def installed_editors(environ: Mapping[str, str], home: str) -> list[tuple[str, str]]:
+    """(editor, its settings.json) for each VS Code-family editor whose user settings directory exists."""
+    dirs = editor_settings_dirs(sys.platform, environ, home)
+    return [(name, os.path.join(path, "settings.json")) for name, path in dirs if os.path.isdir(path)]
+
+
+def editor_not_writable(path: str) -> str | None:
+    """Why settings.json cannot be replaced through its path (read-only, a dangling symlink), or None."""
+    real = os.path.realpath(path)
+    if os.path.islink(path) and not os.path.exists(real):
+        return f"it is a symlink to {real}, which does not exist"
+    if os.path.exists(real) and not os.path.isfile(real):
+        return f"{real} is not a regular file"
+    if os.path.exists(real) and not os.access(real, os.W_OK):
+        return f"{real} is not writable" + (" (settings.json links there)" if real != os.path.abspath(path) else "")
+    if not os.access(os.path.dirname(real), os.W_OK):
+        return f"{os.path.dirname(real)} is not writable"
+    return None
+
+
+def plan_editor_settings(path: str, patterns: list[str]) -> tuple[str, str | None, str | None]:
+    """(the text of settings.json, the text setup would write or None when nothing changes,
+    why setup must not touch it or None)."""
+    why = editor_not_writable(path)
+    if why:
+        return "", None, why
+    try:
+        text = read_text(path)
+    except CloudxError as e:
+        return "", None, e.message
+    try:
+        new = edit_editor_settings(text, patterns)
+    except ValueError as e:
+        return text, None, str(e)
+    return text, (None if new == text else new), None
+
+
+def print_editor_instructions(name: str, path: str, why: str, patterns: list[str]) -> None:
+    """Say why a settings.json is left alone, and what to add to it by hand."""
+    log(f"  {name}: not changing {path}: {why}")
+    log("  add these settings inside its outermost { } (keep larger timeouts; merge into a remotePlatform you have):")
+    for line in render_editor_snippet(patterns):
+        print(f"      {line}", file=sys.stderr)
+
+
+def setup_editors(s: Setup, skip: bool) -> None:
+    """Make each installed VS Code-family editor's Remote-SSH wait for a cold start (asks once; --yes applies)."""
+    if skip:
+        return
+    editors = installed_editors(s.env, s.home)
+    names = ", ".join(name for name, _app in EDITOR_APPS)
+    if not editors:
+        log(f"VS Code: no settings directory of {names} found; no editor settings to change")
+        return
+    s.step("Checking the Remote-SSH settings of " + ", ".join(name for name, _ in editors) + "...")
+    patterns = editor_patterns(s.prefix)
+    pending = []
+    for name, path in editors:
+        old, new, why = plan_editor_settings(path, patterns)
+        if why:
+            print_editor_instructions(name, path, why, patterns)
+        elif new is None:
+            log(f"  {name}: {path} already has them")
+        else:
+            pending.append((name, path))
+            show_change(s, path, old, new)
+    if not pending or s.dry_run:
+        return
+    question = (
+        f"Set connectTimeout 90, serverInstallTimeout 120 and {' '.join(patterns)} as linux in the "
+        f"Remote-SSH settings of {', '.join(name for name, _ in pending)}? [y/n]"
+    )
+    try:
+        apply = s.yes or s.ask(question, "y").lower().startswith("y")
+    except CloudxError:  # no terminal to answer on: leave the editors alone
+        apply = False
+    if not apply:
+        log(f"  editor settings left unchanged ('{PROG} doctor' checks them; the README's VS Code section lists them)")
+        return
+    for name, path in pending:
+        existed = os.path.exists(path)
+        why = write_editor_settings(path, patterns, s.cache)
+        if why:
+            print_editor_instructions(name, path, why, patterns)
+        elif existed:
+            log(f"  {name}: updated {path} (the file before is kept next to it as {os.path.basename(path)}.bak*)")
+        else:
+            log(f"  {name}: created {path}")
+
+
+def write_editor_settings(path: str, patterns: list[str], cache: str) -> str | None:
+    """Apply our settings to settings.json (locked, backed up, atomic, through a symlink); why not, or None."""
+    why: list[str] = []
+
+    def update(text: str) -> str | None:
+        try:
+            return edit_editor_settings(text, patterns)
+        except ValueError as e:
+            why.append(str(e))
+            return None
+
+    try:
+        update_file(path, update, cache, keep_mode=True)
+    except CloudxError as e:
+        why.append(e.message)
+    return why[0] if why else None
 
 
 # ---------------------------------------------------------------------------
@@ -4499,8 +4866,11 @@ class DoctorFacts:
     cache_stat: dict[str, int] | None
     aws_results: dict[str, Any] | None
     region: str
+    editors: list[dict[str, Any]]
+    patterns: list[str]
 
     def __init__(self, **fields: object) -> None:
+        self.editors, self.patterns = [], []  # no editor installed
         self.__dict__.update(fields)
 
 
@@ -4645,6 +5015,9 @@ def gather_doctor_facts(args: argparse.Namespace, environ: Mapping[str, str]) ->
     f.control_exists = bool(f.control and os.path.isdir(f.control))
     f.cache = cache_dir(environ, home) if os.name != "nt" else None
     f.cache_stat = cache_dir_stat(f.cache) if f.cache else None
+    config_text = read_text(config_path) if parsed is not None else ""
+    f.patterns = editor_patterns(config_prefix(config_text) or default_host_prefix(sys.argv[0]))
+    f.editors = editor_doctor_facts(environ, home, config_path, parsed, f.ssh_path)
 
     # AWS: credentials and the instance, side by side
     f.aws_results = None
@@ -4698,6 +5071,7 @@ def doctor_findings(f: DoctorFacts) -> list[tuple[str, str, str, str]]:
         add((OK, "profile", f.profile_detail, ""))
     out += key_findings(f)
     out += config_findings(f)
+    out += editor_findings(f.editors, f.patterns, f.config_path)
     if f.control is not None:
         add(
             (OK, "control dir", f.control, "")
@@ -4867,6 +5241,107 @@ def config_findings(f: DoctorFacts) -> list[tuple[str, str, str, str]]:
         else:
             out.append((OK, "proxy command", f"{pattern} runs an existing program", ""))
     return out
+
+
+def editor_doctor_facts(
+    environ: Mapping[str, str], home: str, config_path: str, parsed: dict[str, Any] | None, ssh: str | None
+) -> list[dict[str, Any]]:
+    """Each installed editor's settings.json: its settings (or why they cannot be read) and, when
+    remote.SSH.configFile is set, whether the file it names gives our hosts."""
+    out = []
+    for name, path in installed_editors(environ, home):
+        fact: dict[str, Any] = {"name": name, "path": path, "settings": None, "error": None, "shows_hosts": None}
+        try:
+            root = parse_jsonc(read_text(path))
+            if root is not None and not isinstance(root.value, dict):
+                raise ValueError("the top level is not an object")
+            fact["settings"] = root.value if root is not None else {}
+        except CloudxError as e:
+            fact["error"] = e.message
+        except ValueError as e:
+            fact["error"] = str(e)
+        named = (fact["settings"] or {}).get(EDITOR_CONFIG_KEY)
+        if isinstance(named, str) and named.strip():
+            fact["shows_hosts"] = config_file_shows_hosts(os.path.expanduser(named), config_path, parsed, ssh)
+        out.append(fact)
+    return out
+
+
+def config_file_shows_hosts(path: str, config_path: str, parsed: dict[str, Any] | None, ssh: str | None) -> bool:
+    """Whether ssh reading only `path` (Remote-SSH's remote.SSH.configFile) gets our hosts: what
+    `ssh -G -F path HOST` makes of one of them, else whether path includes our config."""
+    if not os.path.isfile(path):
+        return False
+    if os.path.realpath(path) == os.path.realpath(config_path):
+        return True
+    hosts = [h for h in (parsed or {}).get("hosts", []) if h["instance_id"]]
+    if ssh and hosts:
+        proc = run_cmd([ssh, "-G", "-F", path, hosts[0]["host"]], timeout=30)
+        return proc.returncode == 0 and f"hostname {hosts[0]['instance_id']}" in proc.stdout.splitlines()
+    return include_position(read_text(path), config_path) != "missing"
+
+
+def editor_findings(
+    editors: list[dict[str, Any]], patterns: list[str], config_path: str
+) -> list[tuple[str, str, str, str]]:
+    """Per installed editor: the Remote-SSH timeouts in force, the platform of our hosts, and
+    whether remote.SSH.configFile (when set) names a file that gives our hosts (pure)."""
+    out: list[tuple[str, str, str, str]] = []
+    for e in editors:
+        name, path, settings = e["name"], e["path"], e["settings"]
+        if settings is None:
+            add = " ".join(render_editor_snippet(patterns))
+            out.append((WARN, f"{name} settings", f"cannot read {path}: {e['error']}", f"fix it, then add: {add}"))
+            continue
+        for key, least in EDITOR_MINIMUMS:
+            value = settings.get(key, EDITOR_DEFAULTS[key])
+            shown = json.dumps(value) + (" s" if _is_number(value) else "")
+            shown += "" if key in settings else " (not set: the default)"
+            check = f"{name} {key.rsplit('.', 1)[1]}"
+            if _is_number(value) and value >= least:
+                out.append((OK, check, shown, ""))
+                continue
+            why = (
+                "a stopped instance takes 30-90 s to come up"
+                if least == 90
+                else "the first connect installs the server"
+            )
+            fix = f"run '{PROG} setup' again (it sets {least}), or set \"{key}\": {least} there"
+            out.append((WARN, check, f"{shown} in {path}: {why}", fix))
+        out.append(_platform_finding(name, path, settings.get(EDITOR_PLATFORM_KEY), patterns))
+        if e["shows_hosts"] is not None:
+            named, check = settings.get(EDITOR_CONFIG_KEY), f"{name} configFile"
+            if e["shows_hosts"]:
+                out.append((OK, check, f"remote.SSH.configFile {named} gives the {patterns[0]} hosts", ""))
+                continue
+            detail = (
+                f"remote.SSH.configFile names {named}, without the {patterns[0]} hosts: Remote-SSH will not see them"
+            )
+            fix = f'remove "remote.SSH.configFile" from {path} (then ~/.ssh/config, which includes ours, is read)'
+            out.append((FAIL, check, detail, f"{fix}, or add 'Include {config_path}' at the top of {named}"))
+    return out
+
+
+def _platform_finding(name: str, path: str, platforms: Any, patterns: list[str]) -> tuple[str, str, str, str]:
+    """The remotePlatform check of one editor: our patterns mapped, and to linux."""
+    check = f"{name} remotePlatform"
+    pairs = ", ".join(f'"{p}": "linux"' for p in patterns)
+    if platforms is not None and not isinstance(platforms, dict):
+        return (WARN, check, f"remote.SSH.remotePlatform in {path} is not an object", f"make it {{{pairs}}}")
+    platforms = platforms or {}
+    missing = [p for p in patterns if p not in platforms]
+    if missing:
+        detail = f"{', '.join(missing)} not in remote.SSH.remotePlatform of {path}: Remote-SSH asks for the platform"
+        return (WARN, check, detail, f"run '{PROG} setup' again, or add {pairs} there")
+    other = [f"{p} is {json.dumps(platforms[p])}" for p in patterns if platforms[p] != "linux"]
+    if other:
+        return (
+            WARN,
+            check,
+            f"{', '.join(other)} (cloudX instances run Linux)",
+            'set it to "linux" unless yours do not',
+        )
+    return (OK, check, ", ".join(f"{p}: linux" for p in patterns), "")
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -5581,7 +6056,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     moved = migrate_legacy(home, target, args.dry_run, confirm if sys.stdin.isatty() else None)
     if not args.dry_run:
         log(f"migrated {moved} files to {target}; every host keeps its profile and key")
-        log(f"if VSCode's remote.SSH.configFile names the old config, change it to {os.path.join(target, 'config')}")
+        log("if VS Code's remote.SSH.configFile names the old config, remove it (~/.ssh/config includes the new one)")
     return EXIT_OK
 
 
@@ -5626,7 +6101,11 @@ writes three blocks to the SSH config (default ~/.ssh/cloudX/config):
   Host cloudX-*             User, keep-alive, connection sharing
   Host cloudX-{env}-*       IdentityFile and the ProxyCommand running this program
   Host cloudX-{env}-{host}  HostName i-...
-and includes that file from ~/.ssh/config. Existing files are backed up first."""
+and includes that file from ~/.ssh/config. In the settings.json of each installed
+VS Code, Code - Insiders, VSCodium or Cursor it raises remote.SSH.connectTimeout to 90
+and serverInstallTimeout to 120 and maps cloudX-* (and cloudx-*) to linux in
+remote.SSH.remotePlatform (asked once; --no-editor-settings skips it). Existing files
+are backed up first."""
 
 
 LIST_EPILOG = """examples:
@@ -5706,6 +6185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--environment", help="cloudX environment (default: from the instance tags or the IAM user)")
     p.add_argument(
         "--ssh-host-prefix", help="prefix of the SSH host names (default: cloudX; cloudx when run as cloudx-proxy)"
+    )
+    p.add_argument(
+        "--no-editor-settings",
+        action="store_true",
+        help="leave the Remote-SSH settings of VS Code, Code - Insiders, VSCodium and Cursor alone",
     )
     p.add_argument("--yes", action="store_true", help="non-interactive: take the defaults, never prompt")
     p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")

@@ -206,10 +206,10 @@ def test_host_part_rejected(value: str) -> None:
 def test_vscode_settings_snippet() -> None:
     import json
 
-    snippet = json.loads(cp.render_vscode_settings('/h/.ssh/my "x"/config', "cloudX"))
-    assert snippet["remote.SSH.configFile"] == '/h/.ssh/my "x"/config'
+    snippet = json.loads("{" + "".join(cp.render_editor_snippet(cp.editor_patterns("cloudX"))) + "}")
+    assert "remote.SSH.configFile" not in snippet, "our Include already shows the hosts; configFile hides others"
     assert snippet["remote.SSH.connectTimeout"] == 90
-    assert snippet["remote.SSH.remotePlatform"] == {"cloudX-*": "linux"}
+    assert snippet["remote.SSH.remotePlatform"] == {"cloudX-*": "linux", "cloudx-*": "linux"}
 
 
 # What PyPI cloudx-proxy 0.17.6's setup wrote for two hosts (copied from its output; the e2e tests in

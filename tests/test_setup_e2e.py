@@ -57,7 +57,8 @@ def test_setup_then_ssh_through_the_written_config(rig: Rig, home: Home, pyz: Pa
     res = setup(rig, home, pyz, "--instance", iid, "--yes")
     assert res.returncode == 0, res.stderr
     assert "ssh cloudX-dev-web" in res.stdout
-    assert '"remote.SSH.configFile"' in res.stdout
+    assert "remote.SSH.configFile" not in res.stdout + res.stderr
+    assert "no settings directory of VS Code" in res.stderr, "no editor here: one line says so"
     config = home.ssh_dir / "config"
     text = config.read_text()
     assert (

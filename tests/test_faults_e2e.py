@@ -152,7 +152,7 @@ def test_two_setups_at_once_keep_both_hosts(rig: Rig, home: Home, pyz: Path) -> 
     text = (home.ssh_dir / "config").read_text()
     assert f"Host cloudX-dev-par0\n    HostName {ids[0]}\n" in text
     assert f"Host cloudX-dev-par1\n    HostName {ids[1]}\n" in text
-    assert text.count("Host cloudX-*\n") == 1 and text.count("Host cloudX-dev-*\n") == 1
+    assert text.count("Host cloudX-* cloudx-*\n") == 1 and text.count("Host cloudX-dev-* cloudx-dev-*\n") == 1
     assert (home.path / ".ssh" / "config").read_text().count("Include ") == 1
 
 

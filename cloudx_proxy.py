@@ -2113,13 +2113,20 @@ class SshGone(BaseException):
     """ssh went away while connect waited: every child is stopped and connect exits (not a CloudxError)."""
 
 
-def _ssh_gone_signal(signum: int, _frame: object) -> None:
-    """SIGHUP/SIGTERM handler: unwind connect from wherever it waits (once: the clean-up is not interrupted)."""
+def ssh_gone(reason: str) -> SshGone:
+    """The SshGone to raise; from now on SIGHUP and SIGTERM are ignored, so the clean-up is not interrupted."""
     import signal
 
     for sig in (signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    raise SshGone(signal.Signals(signum).name)
+    return SshGone(reason)
+
+
+def _ssh_gone_signal(signum: int, _frame: object) -> None:
+    """SIGHUP/SIGTERM handler: unwind connect from wherever it waits."""
+    import signal
+
+    raise ssh_gone(signal.Signals(signum).name)
 
 
 class SshWatch:
@@ -2146,7 +2153,7 @@ class SshWatch:
     def check(self) -> None:
         """SshGone if our parent (ssh) is gone."""
         if os.getppid() != self.ppid:
-            raise SshGone("our parent process went away")
+            raise ssh_gone("our parent process went away")
 
     def wait(self, reads: list[int], deadline: float) -> list[int]:
         """Wait until one of ``reads`` is readable (those returned) or the deadline; SshGone if ssh goes."""
@@ -2168,7 +2175,7 @@ class SshWatch:
                     poller.unregister(fd)
                     self.fds.remove(fd)
                 elif fd in self.fds:
-                    raise SshGone(f"its pipe on our fd {fd} closed")
+                    raise ssh_gone(f"its pipe on our fd {fd} closed")
                 else:
                     ready.append(fd)
             if ready:
@@ -2400,6 +2407,14 @@ class ProcessSet:
             except OSError:
                 pass
         return self.reap(proc)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep (under a watch: ending with SshGone when ssh goes away)."""
+        if seconds > 0:
+            if self.watch is not None:
+                self.watch.sleep(seconds)
+            else:
+                time.sleep(seconds)
 
     def stop_all(self) -> None:
         """Stop every child that is still ours, then let the guard go."""
@@ -2914,15 +2929,6 @@ class ConnectRun:
         started = self.session_started
         return self.reused_push and started is not None and time.monotonic() - started < AUTH_FAILURE_SECONDS
 
-    def sleep_until(self, due: float) -> None:
-        """Sleep until a time.time() value (ending early when ssh goes away)."""
-        left = due - time.time()
-        if left > 0:
-            if self.watch is not None:
-                self.watch.sleep(left)
-            else:
-                time.sleep(left)
-
     def session_env(self, nonce: str) -> dict[str, str]:
         """aws's environment for the session: with the hand-off, our stand-in first on PATH."""
         env = dict(self.plan.env)
@@ -3272,12 +3278,7 @@ def _pace(aws: Aws, round_start: float, deadline: float, what: str, hint: str = 
     """End a poll round: fail past the deadline, else sleep until the next is due (POLL_SECONDS after this one)."""
     if time.monotonic() >= deadline:
         raise CloudxError(f"timed out {what}", hint)
-    left = min(round_start + POLL_SECONDS, deadline) - time.monotonic()
-    if left > 0:
-        if aws.procs.watch is not None:
-            aws.procs.watch.sleep(left)
-        else:
-            time.sleep(left)
+    aws.procs.sleep(min(round_start + POLL_SECONDS, deadline) - time.monotonic())
 
 
 def next_round_at(now: float, launched: float | None, last: float | None) -> float:
@@ -3394,7 +3395,7 @@ class Poll:
         run, iid = self.run, self.run.plan.instance_id
         due = time.time() if self.probe else next_round_at(time.time(), self.launched, None)
         while True:
-            run.sleep_until(due - AWS_STARTUP_SECONDS)
+            run.procs.sleep(due - AWS_STARTUP_SECONDS - time.time())
             sent = time.time()
             was_running = self.running
             self.take(run.aws.many(self.calls()), sent)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,26 @@ def connect(
         text=True,
         timeout=timeout,
     )
+
+
+def ssh_released(
+    rig: Rig, home: Home, pyz: Path, iid: str, remote: str, waiting: Callable[[], object]
+) -> subprocess.CompletedProcess[str]:
+    """ssh IID REMOTE while the instance is held: once `waiting()` returns (connect is waiting), release it."""
+    proc = subprocess.Popen(
+        rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", remote),
+        env=rig.env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        waiting()
+        assert proc.poll() is None, "connect still waits for the held instance"
+        rig.release(iid)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def actions(rig: Rig) -> list[str]:
@@ -199,20 +220,10 @@ def test_cold_connect_from_stopped(rig: Rig, home: Home, pyz: Path, aws_variant:
 def test_cold_connect_from_stopping(rig: Rig, home: Home, pyz: Path) -> None:
     iid = rig.add_instance(online_delay=1)
     rig.begin_stopping(iid)  # stopping until the test releases it
-    proc = subprocess.Popen(
-        rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", "echo back"),
-        env=rig.env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        rig.wait_for_call("DescribeInstances", instance_id=iid)  # it saw "stopping" and waits for "stopped"
-        assert proc.poll() is None
-        rig.release(iid)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    # it saw "stopping" and waits for "stopped"
+    res = ssh_released(
+        rig, home, pyz, iid, "echo back", lambda: rig.wait_for_call("DescribeInstances", instance_id=iid)
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout == "back\n"
     assert "stopping" in res.stderr
@@ -224,20 +235,10 @@ def test_connect_waits_for_a_pending_instance(rig: Rig, home: Home, pyz: Path) -
     iid = rig.add_instance(state="stopped")
     rig.moto_client("ec2").start_instances(InstanceIds=[iid])
     rig.set_instance(iid, started_now=True, hold="pending")
-    proc = subprocess.Popen(
-        rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", "echo ok"),
-        env=rig.env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        rig.wait_for_call("SendSSHPublicKey", instance_id=iid, count=2)  # refused, then the wait's first probe
-        assert proc.poll() is None, "still waiting while pending"
-        rig.release(iid)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    # the push is refused, then the wait's first probe too
+    res = ssh_released(
+        rig, home, pyz, iid, "echo ok", lambda: rig.wait_for_call("SendSSHPublicKey", instance_id=iid, count=2)
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout == "ok\n"
     assert "Waiting for SSM connectivity..." in res.stderr

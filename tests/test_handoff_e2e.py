@@ -316,24 +316,16 @@ def test_an_mfa_prompt_is_answered_on_the_terminal(rig: Rig, home: Home, pyz: Pa
         os.close(master)
 
 
-@pytest.mark.parametrize("handoff", [True, False], ids=["handoff", "no-handoff"])
-def test_a_closed_terminal_does_not_end_a_connect_or_a_session(rig: Rig, home: Home, pyz: Path, handoff: bool) -> None:
-    """ssh's stderr is a terminal that is gone (a ControlPersist master's): every message fails with EIO,
-    and the connect and the session go on (messages are best effort)."""
-    iid = rig.add_instance()
-    env = rig.env(home)
-    if not handoff:
-        env["CLOUDX_PROXY_NO_HANDOFF"] = "1"
-    master, slave = pty.openpty()
-    os.close(master)  # writes to the slave now fail with EIO
-    proc = subprocess.Popen(
-        rig.ssh_argv(home, iid, proxy(pyz, "--verbose"), "echo ready; read line; echo got $line"),
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=slave,
-    )  # fmt: skip
-    os.close(slave)
+ECHO = "echo ready; read line; echo got $line"
+
+
+def echo_session(argv: list[str], env: dict[str, str], stderr: int, pause: float) -> None:
+    """A session that is ready, then (after `pause` s with nothing flowing) echoes a line back; exit 0."""
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
     try:
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline() == b"ready\n"
+        time.sleep(pause)
         proc.stdin.write(b"still-here\n")
         proc.stdin.flush()
         assert proc.stdout.readline() == b"got still-here\n"
@@ -345,25 +337,25 @@ def test_a_closed_terminal_does_not_end_a_connect_or_a_session(rig: Rig, home: H
             proc.wait()
 
 
+@pytest.mark.parametrize("handoff", [True, False], ids=["handoff", "no-handoff"])
+def test_a_closed_terminal_does_not_end_a_connect_or_a_session(rig: Rig, home: Home, pyz: Path, handoff: bool) -> None:
+    """ssh's stderr is a terminal that is gone (a ControlPersist master's): every message fails with EIO,
+    and the connect and the session go on (messages are best effort)."""
+    iid = rig.add_instance()
+    env = rig.env(home)
+    if not handoff:
+        env["CLOUDX_PROXY_NO_HANDOFF"] = "1"
+    master, slave = pty.openpty()
+    os.close(master)  # writes to the slave now fail with EIO
+    try:
+        echo_session(rig.ssh_argv(home, iid, proxy(pyz, "--verbose"), ECHO), env, slave, pause=0)
+    finally:
+        os.close(slave)
+
+
 def test_a_session_idle_for_30_s_is_then_used(rig: Rig, home: Home, pyz: Path) -> None:
     iid = rig.add_instance()
-    proc = subprocess.Popen(
-        rig.ssh_argv(home, iid, proxy(pyz), "echo ready; read line; echo got $line"),
-        env=rig.env(home), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline() == b"ready\n"
-        time.sleep(30)  # nothing flows
-        proc.stdin.write(b"after-idle\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline() == b"got after-idle\n"
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    echo_session(rig.ssh_argv(home, iid, proxy(pyz), ECHO), rig.env(home), subprocess.PIPE, pause=30)
 
 
 # --- our cache directory, however it is named ----------------------------------------------

@@ -81,16 +81,17 @@ def test_setup_then_ssh_through_the_written_config(rig: Rig, home: Home, pyz: Pa
 
 
 def test_rerun_is_idempotent_and_foreign_lines_survive(rig: Rig, home: Home, pyz: Path) -> None:
-    iid = rig.add_instance(tags={"Name": "api"})
+    # the rig lives for the whole session: a Name no other test gives, so the lookup by name is unique
+    iid = rig.add_instance(tags={"Name": "rerun-api"})
     main = home.path / ".ssh" / "config"
     original = "# mine\r\nHost old-box\r\n\tHostName 192.0.2.1\r\n\r\nMatch host *.corp\r\n  User me\r\n"
     main.write_text(original, newline="")
-    assert setup(rig, home, pyz, "--instance", "api", "--yes").returncode == 0
+    assert setup(rig, home, pyz, "--instance", "rerun-api", "--yes").returncode == 0
     first = (home.ssh_dir / "config").read_bytes()
     included = main.read_bytes().decode()
     assert included == f"# mine\r\nInclude {home.ssh_dir / 'config'}\r\n\r\n" + original[len("# mine\r\n") :]
     assert (home.path / ".ssh" / "config.bak").read_bytes() == original.encode(), "backup of the original"
-    res = setup(rig, home, pyz, "--instance", iid, "--hostname", "api", "--yes")
+    res = setup(rig, home, pyz, "--instance", iid, "--hostname", "rerun-api", "--yes")
     assert res.returncode == 0, res.stderr
     assert (home.ssh_dir / "config").read_bytes() == first, "nothing rewritten"
     assert main.read_bytes().decode() == included, "Include added once"

@@ -194,9 +194,9 @@ def test_setup_options_are_validated_before_anything_runs(field: str, value: str
 # ---------------------------------------------------------------------------
 # 2. Round trip through the real OpenSSH client
 # ---------------------------------------------------------------------------
-def config_path_ok(value: str) -> bool:
+def config_path_ok(value: str, include: bool = False) -> bool:
     try:
-        return cp.validate_config_path("path", value) == value
+        return cp.validate_config_path("path", value, include) == value
     except cp.CloudxError:
         return False
 
@@ -688,8 +688,8 @@ include_paths = st.one_of(
 @example(text="Host a\n", path="/tmp/a\x85b/config")  # str.splitlines() cuts the Include line: added again
 def test_include_goes_above_the_first_section_once(text: str, path: str) -> None:
     assume(not any(ln.strip().lower().startswith("include") for ln in text.splitlines()))
-    if not config_path_ok(path):
-        return
+    if not config_path_ok(path, include=True):
+        return  # setup refuses it: ssh globs an Include, so '/tmp/[0]/config' would name /tmp/0/config
     out = cp.insert_include(text, path)
     assert out is not None
     lines = ssh_lines(out)

@@ -148,7 +148,7 @@ def test_refused_session_on_a_reused_push_checks_the_instance(rig: Rig, home: Ho
 
 def test_scp_round_trip_with_checksum(rig: Rig, home: Home, pyz: Path, tmp_path: Path) -> None:
     iid = rig.add_instance()
-    data = os.urandom(300_000)
+    data = os.urandom(5_000_000)
     src = tmp_path / "blob.bin"
     src.write_bytes(data)
     proxy = f"{sys.executable} {pyz} connect %h %p"

@@ -198,6 +198,33 @@ def pss_kb(pid: int) -> int | None:
     return None
 
 
+class PeakSampler:
+    """Samples, every 10 ms until stopped, the summed RSS below ssh (ssh excluded; our zipapp's processes
+    anywhere): the transient peak of a connect."""
+
+    def __init__(self, ssh_pid: int, marker: str) -> None:
+        import threading
+
+        self.ssh_pid, self.marker, self.peak_kb = ssh_pid, marker, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            mine = [
+                int(e) for e in os.listdir("/proc")
+                if e.isdigit() and int(e) != self.ssh_pid and self.marker in " ".join(cmdline(int(e)))
+            ]  # fmt: skip
+            total = sum(status_kb(p) or 0 for p in dict.fromkeys([*descendants(self.ssh_pid), *mine]))
+            self.peak_kb = max(self.peak_kb, total)
+            self.done.wait(0.01)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def kill_pids(pids: list[int]) -> None:
     """SIGKILL each pid (processes this script started, directly or through ssh)."""
     for pid in pids:
@@ -513,10 +540,12 @@ class Bench:
             proc = subprocess.Popen(
                 argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
+            peak = PeakSampler(proc.pid, str(self.pyz))
             try:
                 assert proc.stdout is not None
                 line = proc.stdout.readline()
                 up = time.perf_counter() - t0
+                peak.stop()
                 if line != "ready\n":
                     self.warn(f"memory: {c.name} session did not come up ({line!r})")
                     continue
@@ -548,9 +577,11 @@ class Bench:
                     "rss_kb": sum(p["rss_kb"] for p in procs),
                     "pss_kb": sum(p["pss_kb"] or 0 for p in procs),
                     "connector_alive": any(p["ours"] or p["ref"] for p in procs),
+                    "peak_connect_rss_kb": peak.peak_kb,
                 }
                 proc.communicate(timeout=30)
             finally:
+                peak.stop()
                 if proc.poll() is None:
                     kill_tree(proc)
                 self.reap_orphans()
@@ -798,6 +829,11 @@ def memory_report(mem: dict[str, Any]) -> list[str]:
     for a, b in (("ours", "ref"), ("naive", "ref")):
         if a in mem and b in mem and mem[b]["rss_kb"]:
             lines.append(f"  RSS {a}/{b}: {mem[a]['rss_kb'] / mem[b]['rss_kb']:.2f}x")
+    for cname, m in mem.items():
+        lines.append(f"  peak RSS while connecting, {cname}: {m['peak_connect_rss_kb'] / 1024:.1f} MiB")
+    if "ours" in mem and "ref" in mem and mem["ref"]["peak_connect_rss_kb"]:
+        ratio = mem["ours"]["peak_connect_rss_kb"] / mem["ref"]["peak_connect_rss_kb"]
+        lines.append(f"  peak RSS ours/ref: {ratio:.2f}x")
     return lines
 
 

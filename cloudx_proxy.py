@@ -279,6 +279,19 @@ def profile_section(config: dict[str, dict[str, str]], profile: str) -> dict[str
     return None
 
 
+def may_prompt(config: dict[str, dict[str, str]], credentials: dict[str, dict[str, str]], profile: str) -> bool:
+    """True when aws may ask on the terminal for this profile: an MFA code (mfa_serial) or a
+    credential_process, in the profile or a source_profile it names."""
+    seen: set[str] = set()
+    while profile and profile not in seen:
+        seen.add(profile)
+        section = {**credentials.get(profile, {}), **(profile_section(config, profile) or {})}
+        if section.keys() & {"mfa_serial", "credential_process"}:
+            return True
+        profile = section.get("source_profile", "")
+    return False
+
+
 def resolve_region(arg: str | None, environ: Mapping[str, str], section: dict[str, str] | None) -> tuple[str, str]:
     """Region and where it came from: --region, env, the profile, else eu-west-1."""
     if arg:
@@ -2535,8 +2548,9 @@ def aws_instance_state(aws: Aws, instance_id: str) -> str:
 # ---------------------------------------------------------------------------
 # Which processes exist, and who owns what. ssh starts us (the ProxyCommand, in ssh's
 # process group: on a terminal, the foreground one, so an aws child can prompt for an MFA
-# code). While we connect, at most two aws children run at once (a cold-wait round asks
-# SSM and pushes the key side by side; otherwise one), each for one call, plus a small sh,
+# code). While we connect, at most two aws children run at once (the first key push and the
+# session, unless the profile may prompt; a cold-wait round's key push and SSM poll), each
+# for one call, plus a small sh,
 # the Guard, that kills them if we die however we die; every wait also watches for ssh
 # going away (SshWatch). The session is `aws ssm start-session` on ssh's stdin/stdout with
 # a private directory first on its PATH: the session-manager-plugin there is our stand-in,
@@ -2547,7 +2561,8 @@ def aws_instance_state(aws: Aws, instance_id: str) -> str:
 # plan and the children are this process's; the key-push record, the start and Online
 # markers, the locks and the stand-in live in our private cache directory and are shared
 # by concurrent connects. Rule: on the warm path, start no process whose work may be thrown
-# away (the instance is started only after the key push says it is not running).
+# away (the instance is started only after the key push says it is not running; the session
+# beside the push is the one the warm path needs, and the hand-off waits for the push).
 class ConnectPlan:
     """Everything connect decided before talking to AWS (validated, resolved)."""
 
@@ -2776,7 +2791,7 @@ SESSION_REFUSALS = (
 # The cold wait polls where the answer can change. No instance registers with SSM this
 # soon after its start (t3.micro: 30-45 s; larger ones 60-90 s), so a young instance is
 # looked at only at these ages (a short boot, a stop), and from then on every POLL_SECONDS.
-YOUNG_POLL_AGES = (5.0, 10.0)
+YOUNG_POLL_AGES = (8.0,)
 ONLINE_EARLIEST_SECONDS = 15.0
 POLL_SECONDS = 2.0
 # A round's aws processes start this much before the round is due, so that their
@@ -2939,12 +2954,11 @@ class ConnectRun:
         return env
 
 
-def run_session(run: ConnectRun) -> tuple[int, str | None]:
-    """Start the session on ssh's stdin/stdout and hand it to the plugin (no return when that works).
+def start_session(run: ConnectRun) -> tuple[subprocess.Popen[bytes], bytes]:
+    """Start `aws ssm start-session` on ssh's stdin/stdout: the child and its hand-off nonce.
 
-    Otherwise: (exit code, refusal code if StartSession refused before any byte).
-    aws's stderr comes to us: the stand-in's record, or aws's error to recognise.
-    A failed session forgets the key-push record.
+    Nothing reaches the plugin before run_session reads the stand-in's record, so the
+    session may start while the key is pushed: the hand-off waits for the push.
     """
     import subprocess
 
@@ -2953,10 +2967,23 @@ def run_session(run: ConnectRun) -> tuple[int, str | None]:
     argv = build_session_argv(run.aws.path, plan.instance_id, plan.port, plan.profile, plan.region)
     if _VERBOSE:
         debug("run: " + quote_argv(argv))
-    log("Starting session...")
     proc = run.procs.spawn(argv, run.session_env(nonce), stderr=subprocess.PIPE)
     run.session_started = time.monotonic()
-    held, refused = session_stderr(run, proc, nonce.encode())
+    return proc, nonce.encode()
+
+
+def run_session(
+    run: ConnectRun, started: tuple[subprocess.Popen[bytes], bytes] | None = None
+) -> tuple[int, str | None]:
+    """Start the session (unless started) and hand it to the plugin (no return when that works).
+
+    Otherwise: (exit code, refusal code if StartSession refused before any byte).
+    aws's stderr comes to us: the stand-in's record, or aws's error to recognise.
+    A failed session forgets the key-push record.
+    """
+    log("Starting session...")
+    proc, nonce = started or start_session(run)
+    held, refused = session_stderr(run, proc, nonce)
     rc = run.procs.reap(proc)
     if (rc != 0 and not refused) or run.auth_doubt():  # a refusal says nothing of the key
         run.cache.forget()
@@ -3127,10 +3154,17 @@ def connect(run: ConnectRun) -> int:
         debug(f"StartSession refused ({refused}) despite a recent key push: checking the instance")
     log("Pushing SSH key...")
     pushed_at = time.time()
+    # The session starts with the push unless aws may ask on the terminal (two prompts at once):
+    # on the warm path both are needed, and the hand-off waits for the push.
+    prompts = may_prompt(plan.config, read_ini(plan.credentials_file) or {}, plan.profile)
+    session = None if prompts else start_session(run)
     try:
         run.aws(aws_push_key_args(plan.instance_id, plan.user, run.public_key))
         key_pushed: float | None = pushed_at
     except CloudxError as e:
+        if session is not None:
+            run.procs.stop(session[0], grace=0.2)  # refused too: a target that is not running is not Online
+            run.session_started = None
         if e.code != "EC2InstanceStateInvalidException":
             raise
         debug(f"key push refused: {e.message}")
@@ -3138,7 +3172,7 @@ def connect(run: ConnectRun) -> int:
     if key_pushed is not None:
         debug("key push ok")
         run.cache.record(key_pushed)
-        rc, refused = run_session(run)
+        rc, refused = run_session(run, session)
         if refused is None:
             return rc
         debug(f"StartSession refused ({refused}): waiting for the instance")

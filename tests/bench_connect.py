@@ -553,8 +553,9 @@ class Bench:
                 procs = []
                 # ssh's descendants, and anything else running our zipapp (a forked watcher is reparented)
                 mine = [
-                    int(e) for e in os.listdir("/proc") if e.isdigit() and str(self.pyz) in " ".join(cmdline(int(e)))
-                ]
+                    int(e) for e in os.listdir("/proc")
+                    if e.isdigit() and int(e) != proc.pid and str(self.pyz) in " ".join(cmdline(int(e)))
+                ]  # fmt: skip
                 for pid in dict.fromkeys([*descendants(proc.pid), *mine]):
                     argv_p = cmdline(pid)
                     rss = status_kb(pid)

@@ -92,10 +92,21 @@ def test_warm_connect_runs_a_command(rig: Rig, home: Home, pyz: Path, aws_varian
     assert res.returncode == 0, res.stderr
     assert res.stdout == "hello\nec2-user\n"
     assert "Pushing SSH key..." in res.stderr and "Starting session..." in res.stderr
-    # The push is the check: the session (and a start-instances, unused here) waited at their gates.
-    assert actions(rig) == ["SendSSHPublicKey", "StartSession"]
+    # Two calls, side by side: the push (the check) and the session; nothing started in case it is stopped.
+    assert sorted(actions(rig)) == ["SendSSHPublicKey", "StartSession"]
     assert rig.plugin_calls()[0]["target"] == iid
-    assert not list((home.path / ".cache" / "cloudx-proxy").glob("gate-*")), "the gates are gone with the connect"
+
+
+def test_the_session_is_handed_to_the_plugin_only_after_the_key_is_pushed(rig: Rig, home: Home, pyz: Path) -> None:
+    """The session starts beside the push; the plugin (whose SSH handshake needs the key) waits for it."""
+    iid = rig.add_instance()
+    rig.fault("SendSSHPublicKey", delay=2.0)
+    res = ssh(rig, home, pyz, iid, "echo ordered")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "ordered\n"
+    (push,) = rig.calls("SendSSHPublicKey")
+    (session,) = [c for c in rig.plugin_calls() if c.get("target") == iid]
+    assert session["t"] >= push["t"] + 2.0, "the plugin ran before the push was answered"
 
 
 def test_repeat_connect_reuses_the_key_push(rig: Rig, home: Home, pyz: Path) -> None:
@@ -250,7 +261,8 @@ def test_session_retried_when_the_agent_flaps(rig: Rig, home: Home, pyz: Path) -
     res = ssh(rig, home, pyz, iid, "echo steady")
     assert res.returncode == 0, res.stderr
     assert res.stdout == "steady\n"
-    assert actions(rig).count("StartSession") == 3
+    acts = actions(rig)  # the first StartSession went beside the refused push
+    assert acts[acts.index("StartInstances") :].count("StartSession") == 3, acts
     assert "TargetNotConnected" not in res.stderr, "retried quietly"
 
 
@@ -295,7 +307,8 @@ def test_access_denied_names_the_permission(rig: Rig, home: Home, pyz: Path) -> 
     res = connect(rig, home, pyz, iid)
     assert res.returncode == 1
     assert "ec2-instance-connect:SendSSHPublicKey" in res.stderr
-    assert "StartSession" not in actions(rig)
+    assert not rig.plugin_calls(), "a session that started beside the refused push is never handed to the plugin"
+    assert actions(rig).count("StartSession") <= 1
 
 
 def test_no_credentials(rig: Rig, home: Home, pyz: Path) -> None:

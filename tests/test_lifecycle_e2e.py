@@ -137,9 +137,10 @@ def test_a_cold_connect_right_after_another_ignores_its_stale_online(rig: Rig, h
     for record in cache.glob("push-*"):
         record.unlink()  # a first connect: only the Online marker is left to believe
     res, acts = reconnect_after_stop(rig, home, pyz, iid)
-    assert acts.count("StartInstances") == 1 and acts.count("StartSession") == 1, acts
+    after_start = acts[acts.index("StartInstances") :]  # the first StartSession went beside the refused push
+    assert acts.count("StartInstances") == 1 and after_start.count("StartSession") == 1, acts
     assert "being started by another connection" not in res.stderr, "that start was over: Online came after it"
-    assert acts.index("StartSession") > acts.index("DescribeInstanceInformation"), "Online seen anew"
+    assert after_start.index("StartSession") > after_start.index("DescribeInstanceInformation"), "Online seen anew"
 
 
 # --- 2. ssh going away ---------------------------------------------------------------
@@ -225,6 +226,7 @@ def test_a_retry_after_a_late_boot_pushes_the_key_again(rig: Rig, home: Home, py
     assert res.returncode == 0, res.stderr
     assert res.stdout == "late\n"
     acts = actions(rig)
+    acts = acts[acts.index("StartInstances") :]  # the first StartSession went beside the refused push
     first_session = acts.index("StartSession")
     assert acts.count("StartSession") == 4
     assert acts[first_session:].count("SendSSHPublicKey") >= 3, acts
@@ -260,4 +262,4 @@ def test_no_handoff_path_warm_and_cold(rig: Rig, home: Home, pyz: Path) -> None:
     res = ssh(rig, home, pyz, iid, "echo warm", handoff=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "warm\n"
-    assert actions(rig) == ["SendSSHPublicKey", "StartSession"]
+    assert sorted(actions(rig)) == ["SendSSHPublicKey", "StartSession"]

@@ -731,7 +731,7 @@ def test_a_young_instance_is_looked_at_sparsely_then_every_poll_interval() -> No
             break
         rounds.append(round(due - launched, 3))
         last = due
-    assert rounds == [5.0, 10.0, 15.0, 17.0, 19.0, 21.0, 23.0, 25.0]
+    assert rounds == [8.0, 15.0, 17.0, 19.0, 21.0, 23.0, 25.0]
 
 
 def test_the_schedule_never_looks_back_and_an_unknown_launch_polls_now() -> None:
@@ -740,6 +740,7 @@ def test_the_schedule_never_looks_back_and_an_unknown_launch_polls_now() -> None
     assert cp.next_round_at(70.0, None, 50.0) == 70.0
     # Late (a slow round): due now, not in the past; a launch long ago is polled densely.
     assert cp.next_round_at(1030.0, 1000.0, 1016.0) == 1031.0
+    assert cp.next_round_at(1000.3, 1000.0, 1008.0) == 1015.0, "after the young look, the dense phase"
     assert cp.next_round_at(5000.0, 1000.0, None) == 5001.0
 
 
@@ -762,3 +763,17 @@ def test_plugin_env_carries_the_answer_only_where_aws_named_it() -> None:
     assert cp.session_id_of(args, '{"SessionId": "s-1"}') == "s-1"
     assert cp.session_id_of(args, "not json") is None
     assert cp.session_id_of(['{"SessionId": "a b"}'], "") is None, "a session id is checked before use"
+
+
+def test_may_prompt_follows_the_profile_chain() -> None:
+    config = {
+        "profile dev": {"role_arn": "arn:aws:iam::1:role/r", "source_profile": "base"},
+        "profile base": {"mfa_serial": "arn:aws:iam::1:mfa/u"},
+        "profile proc": {"credential_process": "/bin/creds"},
+        "profile loop": {"source_profile": "loop"},
+        "profile plain": {"region": "eu-west-1"},
+    }
+    assert cp.may_prompt(config, {}, "dev") and cp.may_prompt(config, {}, "proc")
+    assert not cp.may_prompt(config, {}, "plain") and not cp.may_prompt(config, {}, "loop")
+    assert cp.may_prompt(config, {"plain": {"credential_process": "x"}}, "plain")
+    assert not cp.may_prompt(config, {"plain": {"aws_access_key_id": "A"}}, "plain")

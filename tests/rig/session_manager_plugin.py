@@ -29,6 +29,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 
 ENV_PREFIX = "AWS_SSM_START_SESSION_RESPONSE"
@@ -44,7 +45,7 @@ def _log(entry: dict, suffix: str = "") -> None:
     path = os.environ.get("RIG_PLUGIN_LOG")
     if path:
         with open(path + suffix, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+            f.write(json.dumps({**entry, "t": time.time()}) + "\n")
 
 
 def _signal_masks() -> dict[str, list[str]]:

@@ -2548,10 +2548,11 @@ def aws_instance_state(aws: Aws, instance_id: str) -> str:
 # ---------------------------------------------------------------------------
 # Which processes exist, and who owns what. ssh starts us (the ProxyCommand, in ssh's
 # process group: on a terminal, the foreground one, so an aws child can prompt for an MFA
-# code). While we connect, at most two aws children run at once (the first key push and the
-# session, unless the profile may prompt; a cold-wait round's key push and SSM poll), each
-# for one call, plus a small sh,
-# the Guard, that kills them if we die however we die; every wait also watches for ssh
+# code). While we connect, at most two aws children run at once, each for one call: the
+# first key push and the session (only when the hand-off will hold the plugin back until the
+# push is done and the profile cannot prompt: ConnectRun.session_beside_push), or a cold-wait
+# round's key push and SSM poll. A small sh,
+# the Guard, kills them if we die however we die; every wait also watches for ssh
 # going away (SshWatch). The session is `aws ssm start-session` on ssh's stdin/stdout with
 # a private directory first on its PATH: the session-manager-plugin there is our stand-in,
 # which hands the plugin's argv and the StartSession answer back on its stderr (a pipe to
@@ -2890,6 +2891,26 @@ def stand_in_dir(cache: str) -> str | None:
     return path
 
 
+def is_aws_cli(head: bytes) -> bool:
+    """True when the first bytes of a file are the aws CLI itself: a native build (v2's
+    installer, ELF or Mach-O) or the Python script that imports awscli.clidriver (pip, Debian,
+    Homebrew). It runs session-manager-plugin by its bare name from the PATH we give it; a
+    wrapper (a shell script, a version manager's shim) may set its own PATH and bypass the stand-in."""
+    if head[:4] in (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe"):
+        return True
+    first = head.split(b"\n", 1)[0]
+    return first.startswith(b"#!") and b"python" in first and b"awscli.clidriver" in head
+
+
+def plugin_found_by_aws(aws_path: str) -> bool:
+    """True when aws_path is the aws CLI itself (is_aws_cli), not a wrapper; False when unreadable."""
+    try:
+        with open(os.path.realpath(aws_path), "rb") as f:
+            return is_aws_cli(f.read(8192))
+    except OSError:
+        return False
+
+
 def watch_auth(record: str, seconds: float) -> int:
     """Fork a watcher that removes the key-push record if the session ends within seconds; the
     descriptor to leave open across exec (its closing, when the plugin ends, is the signal).
@@ -2929,7 +2950,8 @@ class ConnectRun:
         self.watch = aws.procs.watch
         self.cache = PushCache(plan, public_key)
         self.deadline = time.monotonic() + plan.timeout
-        self.handoff = os.name != "nt" and not plan.env.get(NO_HANDOFF_ENV)
+        handoff = os.name != "nt" and not plan.env.get(NO_HANDOFF_ENV)
+        self.stand_in = stand_in_dir(plan.cache) if handoff else None
         self.session_started: float | None = None
         self.reused_push = False
         self.held = ""  # refusal lines of the last session, shown if no retry succeeds
@@ -2944,12 +2966,23 @@ class ConnectRun:
         started = self.session_started
         return self.reused_push and started is not None and time.monotonic() - started < AUTH_FAILURE_SECONDS
 
+    def session_beside_push(self) -> bool:
+        """May the session start while the key is pushed? Only when the hand-off holds the plugin
+        back until the push is done (the stand-in, reached through PATH by the aws CLI itself:
+        a plugin aws runs directly would start the SSH handshake before the key is there), and
+        aws will not ask on the terminal (two prompts at once)."""
+        plan = self.plan
+        return (
+            self.stand_in is not None
+            and plugin_found_by_aws(self.aws.path)
+            and not may_prompt(plan.config, read_ini(plan.credentials_file) or {}, plan.profile)
+        )
+
     def session_env(self, nonce: str) -> dict[str, str]:
         """aws's environment for the session: with the hand-off, our stand-in first on PATH."""
         env = dict(self.plan.env)
-        where = stand_in_dir(self.plan.cache) if self.handoff else None
-        if where is not None:
-            env["PATH"] = os.pathsep.join([where, env.get("PATH", "")])
+        if self.stand_in is not None:
+            env["PATH"] = os.pathsep.join([self.stand_in, env.get("PATH", "")])
             env.update(CLOUDX_PROXY_HANDOFF=nonce, CLOUDX_PROXY_PLUGIN=self.plugin)
         return env
 
@@ -3154,10 +3187,9 @@ def connect(run: ConnectRun) -> int:
         debug(f"StartSession refused ({refused}) despite a recent key push: checking the instance")
     log("Pushing SSH key...")
     pushed_at = time.time()
-    # The session starts with the push unless aws may ask on the terminal (two prompts at once):
-    # on the warm path both are needed, and the hand-off waits for the push.
-    prompts = may_prompt(plan.config, read_ini(plan.credentials_file) or {}, plan.profile)
-    session = None if prompts else start_session(run)
+    # On the warm path both are needed: the session starts with the push when the hand-off
+    # waits for the push (session_beside_push), else right after it.
+    session = start_session(run) if run.session_beside_push() else None
     try:
         run.aws(aws_push_key_args(plan.instance_id, plan.user, run.public_key))
         key_pushed: float | None = pushed_at

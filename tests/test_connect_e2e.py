@@ -97,11 +97,29 @@ def test_warm_connect_runs_a_command(rig: Rig, home: Home, pyz: Path, aws_varian
     assert rig.plugin_calls()[0]["target"] == iid
 
 
-def test_the_session_is_handed_to_the_plugin_only_after_the_key_is_pushed(rig: Rig, home: Home, pyz: Path) -> None:
-    """The session starts beside the push; the plugin (whose SSH handshake needs the key) waits for it."""
+@pytest.mark.parametrize("route", ["hand-off", "no hand-off", "wrapper"])
+def test_the_plugin_runs_only_after_the_key_is_pushed(
+    rig: Rig, home: Home, pyz: Path, tmp_path: Path, aws_variant: str, route: str
+) -> None:
+    """The plugin's SSH handshake needs the key: whatever runs the plugin, it runs after the push.
+
+    With the hand-off the session starts beside the push and the hand-off waits for it; when
+    aws runs the plugin itself (no hand-off: Windows' path; a wrapper that sets its own PATH
+    and bypasses the stand-in) the session starts only after the push.
+    """
     iid = rig.add_instance()
+    env = rig.env(home, aws_variant)
+    if route == "no hand-off":
+        env["CLOUDX_PROXY_NO_HANDOFF"] = "1"
+    elif route == "wrapper":
+        (tmp_path / "wrapper").mkdir()
+        wrapper = tmp_path / "wrapper" / "aws"
+        real = {"v1": rig.aws_v1, "v1old": rig.aws_v1_old, "v2": rig.aws_v2}[aws_variant]
+        wrapper.write_text(f'#!/bin/sh\nPATH="{env["PATH"]}"\nexport PATH\nexec {real} "$@"\n')
+        wrapper.chmod(0o755)
+        env["PATH"] = f"{wrapper.parent}:{env['PATH']}"
     rig.fault("SendSSHPublicKey", delay=2.0)
-    res = ssh(rig, home, pyz, iid, "echo ordered")
+    res = ssh(rig, home, pyz, iid, "echo ordered", env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "ordered\n"
     (push,) = rig.calls("SendSSHPublicKey")

@@ -244,9 +244,14 @@ class Rig:
             return
         self.v2_bin_dir.mkdir(exist_ok=True)
         wrapper = self.v2_bin_dir / "aws"
+        # Debian's /usr/bin/aws with one line more: aws CLI v2 2.9 ignores AWS_ENDPOINT_URL. It stays
+        # the aws CLI's own script (python, awscli.clidriver), as connect tells it from a wrapper.
+        with open(SYSTEM_AWS) as f:
+            shebang = f.readline()
         wrapper.write_text(
-            "#!/bin/sh\n# aws CLI v2 2.9 ignores AWS_ENDPOINT_URL.\n"
-            f'exec {SYSTEM_AWS} --endpoint-url "$AWS_ENDPOINT_URL" "$@"\n'
+            f"{shebang}import os\nimport sys\n\nimport awscli.clidriver\n\n"
+            'sys.argv[1:1] = ["--endpoint-url", os.environ["AWS_ENDPOINT_URL"]]\n'
+            "sys.exit(awscli.clidriver.main())\n"
         )
         wrapper.chmod(0o755)
         self.aws_v2 = str(wrapper)

@@ -1,5 +1,6 @@
 """The zipapp run by every Python pyenv has here (2.7, 3.6-3.13): below 3.9 one clear line and exit 2
-before anything else runs; from 3.9 a working --version and connect --dry-run."""
+before anything else runs; from 3.9 a working --version, connect --dry-run, and a real connect
+(cold, then warm) through the rig."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import skip_or_fail
+from rig import Home, Rig
 
 PYENV = Path("/root/.pyenv/versions")
 TOO_OLD = ["2.7", "3.6", "3.7", "3.8"]
@@ -52,3 +54,20 @@ def test_supported_python_runs_version_and_connect_dry_run(pyz: Path, tmp_path: 
     res = run(exe, pyz, tmp_path, "connect", "i-0123456789abcdef0", "--dry-run")
     assert res.returncode == 0, res.stderr
     assert "start-session" in res.stderr and "needs Python" not in res.stderr
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_supported_python_connects_cold_then_warm(rig: Rig, home: Home, pyz: Path, version: str) -> None:
+    """The whole connect (cold path, hand-off, then a first connect on the warm path) under each Python."""
+    exe = pyenv_python(version)
+    iid = rig.add_instance(state="stopped", pending_seconds=1, online_delay=2)
+    proxy = f"{exe} {pyz} connect %h %p"
+    for remote in ("echo cold", "echo warm"):
+        for record in (home.path / ".cache" / "cloudx-proxy").glob("push-*"):
+            record.unlink()  # a first connect each time: the key push and the session
+        res = subprocess.run(
+            rig.ssh_argv(home, iid, proxy, remote), env=rig.env(home), capture_output=True, text=True, timeout=120
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == remote[5:] + "\n"
+    assert [c for c in rig.plugin_calls() if c.get("target") == iid], "the plugin ran the sessions"

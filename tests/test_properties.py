@@ -589,6 +589,9 @@ def test_split_and_join_are_byte_exact(text: str) -> None:
 @PURE
 @given(text=config_texts(), replace=st.sets(st.sampled_from(OURS)))
 @example(text="Host cloudX-dev-web\n    HostName i-0000000000000000a\n\n# mine\nHost x\n", replace={"cloudX-dev-web"})
+@example(
+    text="Host cloudX-dev-*\nProxyCommand ?\n  User me\nIdentityFile y", replace={"cloudX-dev-*"}
+)  # a user's ProxyCommand above the IdentityFile setup adds: each keyword in place
 def test_merge_keeps_foreign_lines_and_is_idempotent(text: str, replace: set[str]) -> None:
     merged, notes = cp.merge_config(text, new_blocks(), replace, WHEN)
     updated = {n.split(" Host ", 1)[1] for n in notes if n.startswith("updated ")}
@@ -613,9 +616,14 @@ def test_merge_keeps_foreign_lines_and_is_idempotent(text: str, replace: set[str
 
 
 def owned(lines: list[str], kind: str) -> list[tuple[str, str]]:
-    """The (keyword, value) pairs of the lines setup owns in a block of that kind."""
-    found = [cp.parse_directive(ln) for ln in lines]
-    return [(p[0], p[1]) for p in found if p and p[0] in cp.OWNED_KEYWORDS[kind]]
+    """The (keyword, value) pairs of the lines setup owns in a block of that kind, as ssh reads them.
+
+    Grouped by keyword, each keyword's values in file order: ssh reads the order of one keyword's
+    lines (IdentityFile adds up, ProxyCommand's first value wins), not the order between keywords,
+    and setup rewrites each owned line where it stands (test_owned_lines_change_in_place).
+    """
+    found = [p for p in (cp.parse_directive(ln) for ln in lines) if p and p[0] in cp.OWNED_KEYWORDS[kind]]
+    return [(p[0], p[1]) for key in cp.OWNED_KEYWORDS[kind] for p in found if p[0] == key]
 
 
 def ssh_blocks(text: str) -> list[tuple[list[str] | None, list[str]]]:

@@ -3544,6 +3544,8 @@ class Setup:
         default_name = "vscode" if self.legacy else "cloudX"
         self.profile = validate_name("profile", args.profile if args.profile is not None else default_name)
         self.key = validate_name("ssh key name", args.ssh_key if args.ssh_key is not None else default_name)
+        # As the original: the command name (or --ssh-host-prefix) picks the spelling, not the spelling the
+        # config has. Every wildcard line setup owns leads with it (lead_spelling); new hosts are named with it.
         prefix = args.ssh_host_prefix if args.ssh_host_prefix is not None else default_host_prefix(sys.argv[0])
         self.prefix = validate_host_part("--ssh-host-prefix", prefix)
         self.hostname = validate_host_part("hostname", args.hostname) if args.hostname is not None else None
@@ -3568,11 +3570,6 @@ class Setup:
             self.ssh_config = os.path.abspath(os.path.expanduser(args.ssh_config))
         else:
             self.ssh_config = os.path.join(self.ssh_dir, "config")
-        if args.ssh_host_prefix is None:  # keep the spelling the config already has (cloudx from PyPI cloudx-proxy)
-            try:
-                self.prefix = config_prefix(read_text(self.ssh_config)) or self.prefix
-            except CloudxError:
-                pass  # unreadable: writing it will fail with the reason
         self.adopted: list[str] = []  # what setup took over from PyPI cloudx-proxy, for the summary
         self.key_path = os.path.join(self.ssh_dir, self.key)
         # The resolved paths (HOME included) are what goes into the config lines.
@@ -4332,6 +4329,9 @@ def setup_config(s: Setup, env: str, hostname: str, instance_id: str, agent: str
         for note in adopted:
             log(f"  {note}" if note.startswith("repaired ") else f"  adopting {note}")
         s.adopted += [note for note in adopted if not note.startswith("repaired ")]
+        text, led = lead_spelling(text, s.prefix)
+        for note in led:
+            log(f"  {note}")
         env_name, host = existing_names(text, s.prefix, env, hostname)
         if env_name != env:
             log(f"  using the existing environment '{env_name}' (matched '{env}')")
@@ -5567,11 +5567,11 @@ def _ineffective(block: ConfigBlock, earlier: ConfigBlock) -> bool:
     )
 
 
-def _widen_prefix(block: ConfigBlock, size: int, prefix: str | None, newline: str) -> None:
+def _widen_prefix(block: ConfigBlock, size: int, prefix: str | None, newline: str, rename: bool = True) -> None:
     """A wildcard Host line of ours gets every spelling of its prefix (its first `size` characters;
-    prefix_spellings), as the original's cleanup writes it, so host entries in either spelling get
-    its settings. With --ssh-host-prefix that spelling leads, and PyPI cloudx-proxy's
-    'uvx cloudX-proxy' is named in it, as the original's cleanup did."""
+    prefix_spellings), as the original's setup and cleanup write it, so host entries in either spelling
+    get its settings. When its prefix is `prefix` in any case, that spelling leads; with `rename`,
+    PyPI cloudx-proxy's 'uvx cloudX-proxy' is named in it too, as the original's cleanup did."""
     words = block.words()
     convert = prefix is not None and words[0][:size].lower() == prefix.lower()
     lead = prefix if prefix is not None and convert else words[0][:size]
@@ -5579,47 +5579,76 @@ def _widen_prefix(block: ConfigBlock, size: int, prefix: str | None, newline: st
     if wanted != words:
         i = block.header_index()
         line = block.lines[i]
-        cut = re.search(r"\s#", line)
+        cut = re.search(r"\s+#", line)
         comment = line[cut.start() :].rstrip("\r\n") if cut else ""
         block.lines[i] = "Host " + " ".join(wanted) + comment + newline
         block.patterns = (section_match(block.lines[i]) or ("", ""))[1]
-    if convert and lead.lower() == "cloudx":
+    if rename and convert and lead.lower() == "cloudx":
         block.lines = [re.sub(r"\buvx cloud[xX]-proxy\b", f"uvx {lead}-proxy", ln) for ln in block.lines]
 
 
-def repair_config(text: str, prefix: str | None = None) -> tuple[str, list[str]]:
-    """cleanup's repairs, in place, as the original's cleanup makes them: our wildcard Host lines get
-    every prefix spelling (_widen_prefix; with `prefix`, that spelling leads) and unquoted paths with
-    spaces in our blocks are quoted (requote_path_line); a leading BOM goes. Returns the text and notes."""
-    newline = "\r\n" if "\r\n" in text else "\n"
-    parsed = parse_cloudx_config(text)
+def _widen_wildcards(
+    blocks: list[ConfigBlock], parsed: dict[str, Any], prefix: str | None, newline: str, rename: bool = True
+) -> list[str]:
+    """_widen_prefix on each of our generic and environment blocks (by parse_cloudx_config); returns notes."""
     generic_patterns = {p.lower() for p in parsed["generic"]}
     env_patterns = {str(e["pattern"]).lower(): name for name, e in parsed["environments"].items()}
-    hosts = {h["host"].lower() for h in parsed["hosts"]}
-    notes = ["removed the byte order mark at the start (ssh refuses the file with it)"] if text[:1] == "\ufeff" else []
-    blocks = split_config(text[1:] if notes else text)
+    notes = []
     for block in blocks[1:]:
         words = block.words()
         lowered = {w.lower() for w in words}
         pattern = lowered.pop() if len(lowered) == 1 else ""
         if pattern in generic_patterns:
-            _widen_prefix(block, len(pattern) - 2, prefix, newline)
+            _widen_prefix(block, len(pattern) - 2, prefix, newline, rename)
         elif pattern in env_patterns:
-            _widen_prefix(block, len(pattern) - len(env_patterns[pattern]) - 3, prefix, newline)
-        if block.words() != words:
-            notes.append(f"Host {' '.join(words)} now answers to every prefix spelling: {' '.join(block.words())}")
-        if pattern in generic_patterns | set(env_patterns) | hosts and requote_paths(block):
+            _widen_prefix(block, len(pattern) - len(env_patterns[pattern]) - 3, prefix, newline, rename)
+        now = block.words()
+        if now != words and set(now) == set(words):
+            notes.append(f"Host {' '.join(words)} now leads with {now[0]}: {' '.join(now)}")
+        elif now != words:
+            notes.append(f"Host {' '.join(words)} now answers to every prefix spelling: {' '.join(now)}")
+    return notes
+
+
+def lead_spelling(text: str, prefix: str) -> tuple[str, list[str]]:
+    """setup's wildcard Host lines (generic and every environment) lead with `prefix`, the other spellings
+    after it, as PyPI cloudx-proxy's setup writes each line it owns ('Host cloudX-* cloudx-*' for cloudX);
+    host entries, lines that are not ours and the rest of every block keep their bytes. Returns the text and notes."""
+    newline = "\r\n" if "\r\n" in text or text.endswith("\r") else "\n"
+    blocks = split_config(text)
+    notes = _widen_wildcards(blocks, parse_cloudx_config(text), prefix, newline, rename=False)
+    return join_config(blocks), notes
+
+
+def repair_config(text: str, prefix: str | None = None, rename: bool = True) -> tuple[str, list[str]]:
+    """cleanup's repairs, in place, as the original's cleanup makes them: our wildcard Host lines get
+    every prefix spelling (_widen_prefix; with `prefix`, that spelling leads; with `rename` too, 'uvx
+    cloudx-proxy' follows it) and unquoted paths with spaces in our blocks are quoted (requote_path_line);
+    a leading BOM goes. Returns the text and notes."""
+    newline = "\r\n" if "\r\n" in text else "\n"
+    parsed = parse_cloudx_config(text)
+    generic_patterns = {p.lower() for p in parsed["generic"]}
+    env_patterns = {str(e["pattern"]).lower() for e in parsed["environments"].values()}
+    hosts = {h["host"].lower() for h in parsed["hosts"]}
+    notes = ["removed the byte order mark at the start (ssh refuses the file with it)"] if text[:1] == "\ufeff" else []
+    blocks = split_config(text[1:] if notes else text)
+    notes += _widen_wildcards(blocks, parsed, prefix, newline, rename)
+    for block in blocks[1:]:
+        lowered = {w.lower() for w in block.words()}
+        pattern = lowered.pop() if len(lowered) == 1 else ""
+        if pattern in generic_patterns | env_patterns | hosts and requote_paths(block):
             notes.append(f"Host {' '.join(block.words())}: quoted a path with spaces (ssh refused it unquoted)")
     return join_config(blocks), notes
 
 
-def canonical_config(text: str, when: str, prefix: str | None = None) -> tuple[str, list[str]]:
+def canonical_config(text: str, when: str, prefix: str | None = None, rename: bool = True) -> tuple[str, list[str]]:
     """Our blocks in three-tier order with fresh banners, without copies ssh never reads.
 
     Two repairs come first, as the original's cleanup makes them: our wildcard Host
     lines get every prefix spelling (_widen_prefix; with `prefix`, that spelling
-    leads), and unquoted paths with spaces in our blocks are quoted. Beyond those,
-    nothing ssh resolves for any host changes: a block moves past another only
+    leads; `rename`: see repair_config), and unquoted paths with spaces in our
+    blocks are quoted. Beyond those (and the rename), nothing ssh resolves for any
+    host changes: a block moves past another only
     where the two commute (blocks_commute), so a user's block that must stay
     before ours does; foreign blocks keep their order and their bytes. A later
     block of ours is dropped only if every line of it is shadowed by an earlier
@@ -5629,7 +5658,7 @@ def canonical_config(text: str, when: str, prefix: str | None = None) -> tuple[s
     import heapq
 
     # Repaired first: where blocks may move depends on the patterns they end up with.
-    text, notes = repair_config(text, prefix)
+    text, notes = repair_config(text, prefix, rename)
     newline = "\r\n" if "\r\n" in text else "\n"
     parsed = parse_cloudx_config(text)
     envs: dict[str, dict[str, Any]] = parsed["environments"]
@@ -5726,12 +5755,14 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         raise CloudxError(f"no SSH config at {path}", f"run '{PROG} setup' first, or pass --ssh-config")
     notes: list[str] = []
 
-    prefix = args.ssh_host_prefix
-    if prefix is not None:
-        validate_host_part("--ssh-host-prefix", prefix)
+    # As the original's cleanup: the command name picks the spelling our wildcard lines lead with. Only an
+    # explicit --ssh-host-prefix renames 'uvx cloudx-proxy' too: that changes what ssh -G shows, the order does not.
+    prefix = args.ssh_host_prefix if args.ssh_host_prefix is not None else default_host_prefix(sys.argv[0])
+    validate_host_part("--ssh-host-prefix", prefix)
+    rename = args.ssh_host_prefix is not None
 
     def update(old: str) -> str:
-        new, dropped = canonical_config(old, time.strftime("%Y-%m-%d %H:%M:%S"), prefix)
+        new, dropped = canonical_config(old, time.strftime("%Y-%m-%d %H:%M:%S"), prefix, rename)
         notes.extend(dropped)
         # Only the banners' dates changed: nothing to clean.
         same = [ln for ln in new.splitlines() if not ln.startswith("# Created by")] == [
@@ -6309,7 +6340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-config", help="SSH config (default: ~/.ssh/cloudX/config)")
     p.add_argument(
         "--ssh-host-prefix",
-        help="convert between cloudx and cloudX: wildcard Host lines lead with this spelling (host names are kept)",
+        help="the spelling wildcard Host lines lead with (default: cloudX; cloudx when run as cloudx-proxy); "
+        "host names are kept",
     )
     p.add_argument("--dry-run", action="store_true", help="show the diff; write nothing")
     p.set_defaults(func=cmd_cleanup)

@@ -231,15 +231,16 @@ def test_pre_017_layout_new_host_in_a_differently_cased_environment(
     assert res.returncode == 0, res.stderr
     assert "using the existing environment 'dev' (matched 'Dev')" in res.stderr
     text = config.read_text()
-    assert "Dev" not in text and text.count("Host cloudx-dev-* cloudX-dev-*\n") == 1, "Dev reuses the dev block"
-    assert text.index("Host cloudx-dev-ubu\n    H") < text.index("Host cloudx-dev-api\n") < text.index("Host mybox")
+    assert "Dev" not in text and text.count("Host cloudX-dev-* cloudx-dev-*\n") == 1, "Dev reuses the dev block"
+    # As the original run as cloudX-proxy (the zipapp's name): lines lead with cloudX, a new host is cloudX-.
+    assert text.index("Host cloudx-dev-ubu\n    H") < text.index("Host cloudX-dev-api\n") < text.index("Host mybox")
     assert FORWARD in text and text.startswith(UBUNTU)
     assert duplicated(text) == duplicated(start) == {"cloudx-dev-ubu"}, "only the user's own pair"
     after = ssh_g(config, hosts)
     # The wildcard lines now carry both spellings (as 0.17.4+ writes them): cloudX-dev-web gets our settings.
     assert after.pop("cloudX-dev-web")["proxycommand"] == after["cloudx-dev-web"]["proxycommand"]
     assert_same_but_program({h: v for h, v in before.items() if h != "cloudX-dev-web"}, after, pyz)
-    assert ssh_ok(rig, home, config, "cloudx-dev-api").stdout == "ok\n"
+    assert ssh_ok(rig, home, config, "cloudX-dev-api").stdout == "ok\n"
 
     # --user %r: the key is pushed for the user ssh logs in as (the rig's sshd admits only ec2-user).
     rig.clear_calls()
@@ -248,14 +249,15 @@ def test_pre_017_layout_new_host_in_a_differently_cased_environment(
     assert [c["os_user"] for c in rig.calls("SendSSHPublicKey")] == ["ubuntu"]
     assert home.pub.read_text().split()[1] in (rig.keys_root / ubu / "ubuntu").read_text()
 
-    resolved = ssh_g(config, hosts + ["cloudx-dev-api"])
+    resolved = ssh_g(config, hosts + ["cloudX-dev-api"])
     cleaned = run(rig, home, pyz, "cleanup", "--ssh-config", str(config))
     assert cleaned.returncode == 0, cleaned.stderr
     after = config.read_text()
-    assert ssh_g(config, hosts + ["cloudx-dev-api"]) == resolved, "cleanup changes nothing ssh resolves"
-    assert after.index(UBUNTU) < after.index("Host cloudx-* cloudX-*\n"), "the User block that came first stays first"
+    assert ssh_g(config, hosts + ["cloudX-dev-api"]) == resolved, "cleanup changes nothing ssh resolves"
+    assert after.index(UBUNTU) < after.index("Host cloudX-* cloudx-*\n"), "the User block that came first stays first"
     listed = run(rig, home, pyz, "list", "--ssh-config", str(config))
-    assert all(f"{h} (cloudx-dev-{h}" in listed.stdout for h in ("web", "api", "ubu")), listed.stdout
+    names = {"web": "cloudx-dev-web", "api": "cloudX-dev-api", "ubu": "cloudx-dev-ubu"}
+    assert all(f"{h} ({n}" in listed.stdout for h, n in names.items()), listed.stdout
 
 
 def test_cleanup_converts_the_prefix_spelling(rig: Rig, home: Home, pyz: Path, original: Path) -> None:

@@ -280,7 +280,7 @@ def test_blocks_go_above_a_catch_all_and_a_shadowing_one_is_named(rig: Rig, home
     config.write_text(CATCH_ALL + "\n" + config.read_text())
     res = run(rig, other, pyz, "setup", "--instance", web, "--hostname", "web", "--yes")
     # ssh then logs in as 'me' (the key is pushed for 'me'): the rig's sshd refuses, setup's check says so.
-    assert "warning: 'Host *' (sets user) is above Host cloudx-*: ssh uses its values" in res.stderr
+    assert "warning: 'Host *' (sets user) is above Host cloudX-*: ssh uses its values" in res.stderr
     assert config.read_text().startswith(CATCH_ALL)
 
 

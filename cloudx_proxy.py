@@ -1502,6 +1502,13 @@ def parse_cloudx_config(text: str) -> dict[str, Any]:
     return {"generic": generic, "generic_lines": generic_lines, "environments": envs, "hosts": hosts}
 
 
+def preferred_spelling(pattern: str, tail: int) -> str:
+    """A wildcard pattern as list shows it: its prefix (all but the last `tail` characters) spelled
+    cloudX when it is cloudx in any case, as the original's list shows it whichever command name ran it."""
+    cut = len(pattern) - tail
+    return ("cloudX" if pattern[:cut].lower() == "cloudx" else pattern[:cut]) + pattern[cut:]
+
+
 def render_host_list(
     parsed: dict[str, Any], environment: str | None, detailed: bool, status: dict[str, tuple[str, str]] | None = None
 ) -> str:
@@ -1511,8 +1518,10 @@ def render_host_list(
     out = ["=== cloudX-proxy Configured Hosts ===", ""]
     if detailed:
         out.append("Generic Patterns:")
-        out += [f"  {line}" for line in parsed["generic_lines"]]
-        out += [f"  {' '.join(e['patterns'])}" for e in envs.values()]
+        # Each pattern once, in the preferred spelling (the Host lines carry both); hosts keep their own case.
+        shown = [preferred_spelling(line.split()[0], 2) for line in parsed["generic_lines"]]
+        shown += [preferred_spelling(str(e["pattern"]), len(e["name"]) + 3) for e in envs.values()]
+        out += [f"  {pattern}" for pattern in dict.fromkeys(shown)]
         out.append("")
     groups: dict[str, list[dict[str, str]]] = {}
     for h in hosts:

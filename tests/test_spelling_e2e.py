@@ -202,7 +202,56 @@ def test_cleanup_lines_lead_with_the_command_names_spelling(
     assert "already clean" in again.stderr and config.read_text() == text
 
 
-def test_lead_spelling() -> None:
+LISTED = """Host cloudx-* cloudX-*
+    User ec2-user
+
+Host cloudX-DTA-* cloudx-DTA-*
+    ProxyCommand uvx cloudX-proxy connect %h %p
+
+Host cloudX-DTA-unified
+    HostName i-0123456789abcdef0
+
+Host cloudx-DTA-lower
+    HostName i-0123456789abcdef1
+
+Host cloudx-empty-* cloudX-empty-*
+    ProxyCommand uvx cloudx-proxy connect %h %p
+"""
+
+
+def section(out: str, title: str) -> list[str]:
+    """The lines of a `list` section, from its title to the blank line after it."""
+    lines = out.splitlines()
+    start = lines.index(title)
+    return lines[start : lines.index("", start)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_list_shows_each_pattern_once_in_the_preferred_spelling(
+    rig: Rig, home: Home, pyz: Path, orig: Path, tmp_path: Path, name: str
+) -> None:
+    config = home.ssh_dir / "config"
+    config.write_text(LISTED)
+    res = ours(rig, home, as_command(pyz, tmp_path, name), "list", "--detailed", "--ssh-config", str(config))
+    theirs = subprocess.run(
+        [str(orig.parent / name), "list", "--detailed", "--ssh-config", str(config)],
+        env={"HOME": str(home.path), "PATH": "/usr/bin:/bin"}, cwd=home.path, capture_output=True, text=True,
+        check=True, timeout=120,
+    ).stdout  # fmt: skip
+    patterns = ["Generic Patterns:", "  cloudX-*", "  cloudX-DTA-*", "  cloudX-empty-*"]
+    assert section(res.stdout, "Generic Patterns:") == section(theirs, "Generic Patterns:") == patterns, res.stdout
+    # Hosts keep their own case; an environment without hosts is listed by its pattern only.
+    for out in (res.stdout, theirs):
+        assert "  lower (cloudx-DTA-lower, i-0123456789abcdef1)" in out
+        assert "  unified (cloudX-DTA-unified, i-0123456789abcdef0)" in out
+        assert "Environment: DTA" in out and "Environment: empty" not in out
+    assert config.read_text() == LISTED
+
+
+def test_preferred_spelling_and_lead_spelling() -> None:
+    assert cp.preferred_spelling("cloudx-*", 2) == "cloudX-*"
+    assert cp.preferred_spelling("CLOUDX-Dev-*", 6) == "cloudX-Dev-*"
+    assert cp.preferred_spelling("foo-dev-*", 6) == "foo-dev-*"
     text = "Host cloudx-* cloudX-*  # mine\n    User ec2-user\nHost cloudx-dev-web cloudX-dev-web\n    HostName i-1\n"
     led, notes = cp.lead_spelling(text, "cloudX")
     assert led == text.replace("cloudx-* cloudX-*", "cloudX-* cloudx-*", 1)

@@ -341,6 +341,19 @@ def sso_token_expired(token: dict[str, Any] | None, now: float) -> bool:
     return not (token.get("refreshToken") and registration is not None and registration > now)
 
 
+# botocore refreshes an SSO access token this long before it expires (its advisory window is 15
+# minutes), with the session's refresh token: two aws processes at once may both try.
+SSO_REFRESH_WINDOW = 16 * 60.0
+
+
+def sso_refresh_due(token: dict[str, Any] | None, now: float) -> bool:
+    """True when an aws call may refresh this SSO token (it has a refresh token and expires soon)."""
+    if not token or not token.get("refreshToken"):
+        return False
+    expires = parse_aws_time(str(token.get("expiresAt", "")))
+    return expires is None or expires - now < SSO_REFRESH_WINDOW
+
+
 def classify_aws_error(
     stderr: str, operation: str, profile: str, region: str, instance_id: str | None = None
 ) -> CloudxError:
@@ -1945,20 +1958,26 @@ class FileLock:
     locked too (POSIX): then nothing is created.
     """
 
-    def __init__(self, path: str, deadline: float):
-        self.path, self.deadline, self.fd = path, deadline, -1
+    def __init__(self, path: str, deadline: float, sleep: Callable[[float], None] = time.sleep):
+        """``sleep`` waits between tries: connect passes its watch's, which ends with ssh."""
+        self.path, self.deadline, self.fd, self.sleep = path, deadline, -1, sleep
 
     def __enter__(self) -> FileLock:
         self.fd = self._open()
         waited = False
-        while not self._try_lock():
-            if time.monotonic() >= self.deadline:
-                os.close(self.fd)
-                raise CloudxError(f"timed out waiting for the lock {self.path}", "another connect holds it; try again")
-            if not waited:
-                debug(f"waiting for lock {self.path}")
-                waited = True
-            time.sleep(0.1)
+        try:
+            while not self._try_lock():
+                if time.monotonic() >= self.deadline:
+                    raise CloudxError(
+                        f"timed out waiting for the lock {self.path}", "another connect holds it; try again"
+                    )
+                if not waited:
+                    debug(f"waiting for lock {self.path}")
+                    waited = True
+                self.sleep(0.1)
+        except BaseException:
+            os.close(self.fd)
+            raise
         return self
 
     def _open(self) -> int:
@@ -2100,8 +2119,10 @@ def _update_locked(real: str, update: Callable[[str], str | None], keep_mode: bo
 # ---------------------------------------------------------------------------
 # Process runner: every external command goes through run_cmd
 # ---------------------------------------------------------------------------
-def find_program(name: str, path_var: str | None) -> tuple[str | None, list[str]]:
-    """Find an executable on PATH, then in its standard install places.
+def find_program(
+    name: str, path_var: str | None, skip: Callable[[str], bool] | None = None
+) -> tuple[str | None, list[str]]:
+    """Find an executable on PATH, then in its standard install places (but those ``skip`` names).
 
     Returns (path or None, the directories looked in).
     """
@@ -2114,7 +2135,7 @@ def find_program(name: str, path_var: str | None) -> tuple[str | None, list[str]
         looked.append(d)
         for ext in exts:
             candidate = os.path.join(d, name + ext)
-            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK) and not (skip and skip(candidate)):
                 return candidate, looked
     return None, looked
 
@@ -2137,18 +2158,50 @@ class SshGone(BaseException):
 
 def ssh_gone(reason: str) -> SshGone:
     """The SshGone to raise; from now on SIGHUP and SIGTERM are ignored, so the clean-up is not interrupted."""
-    import signal
-
-    for sig in (signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_hangups()
     return SshGone(reason)
 
 
+# While a child is started and registered (ProcessSet.spawn), SIGHUP/SIGTERM wait here: a child
+# that exists must be known to stop_all and to the guard before connect unwinds.
+_HELD_SIGNALS: list[int] | None = None
+
+
 def _ssh_gone_signal(signum: int, _frame: object) -> None:
-    """SIGHUP/SIGTERM handler: unwind connect from wherever it waits."""
+    """SIGHUP/SIGTERM handler: unwind connect from wherever it waits (held during a spawn)."""
     import signal
 
+    if _HELD_SIGNALS is not None:
+        _HELD_SIGNALS.append(signum)
+        return
     raise ssh_gone(signal.Signals(signum).name)
+
+
+class HeldSignals:
+    """A section that SIGHUP/SIGTERM do not interrupt: one that arrives ends connect (SshGone) after it."""
+
+    def __enter__(self) -> None:
+        global _HELD_SIGNALS
+        self.outer = _HELD_SIGNALS is not None  # nested: the outer section raises
+        if not self.outer:
+            _HELD_SIGNALS = []
+
+    def __exit__(self, *exc: object) -> None:
+        global _HELD_SIGNALS
+        if self.outer:
+            return
+        held, _HELD_SIGNALS = _HELD_SIGNALS, None
+        if held:
+            _ssh_gone_signal(held[0], None)
+
+
+def ignore_hangups() -> None:
+    """From now on SIGHUP and SIGTERM are ignored (connect is on its way out: its clean-up must finish)."""
+    import signal
+
+    if sys.platform != "win32":
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 class SshWatch:
@@ -2169,7 +2222,9 @@ class SshWatch:
 
         self.ppid = os.getppid()
         self.fds = [fd for fd in (0, 1) if _fd_open(fd)]
+        self.inherited: dict[int, Any] = {}  # what we were started with: the plugin gets it back
         for sig in (signal.SIGHUP, signal.SIGTERM):
+            self.inherited[sig] = signal.getsignal(sig)
             signal.signal(sig, _ssh_gone_signal)
 
     def check(self) -> None:
@@ -2292,15 +2347,20 @@ class ProcessSet:
         self.watch, self.guard = watch, guard
 
     def spawn(self, argv: list[str], env: dict[str, str] | None, **kw: Any) -> subprocess.Popen[bytes]:
-        """Start a child (signals such as SIGPIPE back at their defaults: Popen's restore_signals)."""
+        """Start a child (signals such as SIGPIPE back at their defaults: Popen's restore_signals).
+
+        SIGHUP/SIGTERM are held from before the child exists until it is ours and the guard's:
+        one arriving then ends connect only after that (a mask would be inherited by the child).
+        """
         import subprocess
 
         if self.watch is not None:
             self.watch.check()
-        proc = subprocess.Popen(argv, env=env, **kw)
-        self.live.append(proc)
-        if self.guard is not None:
-            self.guard.add(proc.pid)
+        with HeldSignals():
+            proc = subprocess.Popen(argv, env=env, **kw)
+            self.live.append(proc)
+            if self.guard is not None:
+                self.guard.add(proc.pid)
         return proc
 
     def start(self, argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
@@ -2558,21 +2618,26 @@ def aws_instance_state(aws: Aws, instance_id: str) -> str:
 # Which processes exist, and who owns what. ssh starts us (the ProxyCommand, in ssh's
 # process group: on a terminal, the foreground one, so an aws child can prompt for an MFA
 # code). While we connect, at most two aws children run at once, each for one call: the
-# first key push and the session (only when the hand-off will hold the plugin back until the
-# push is done and the profile cannot prompt: ConnectRun.session_beside_push), or a cold-wait
-# round's key push and SSM poll. A small sh,
-# the Guard, kills them if we die however we die; every wait also watches for ssh
-# going away (SshWatch). The session is `aws ssm start-session` on ssh's stdin/stdout with
-# a private directory first on its PATH: the session-manager-plugin there is our stand-in,
-# which hands the plugin's argv and the StartSession answer back on its stderr (a pipe to
-# us) and exits. We then stop aws, let the Guard go, and exec the real plugin: from then on
-# the pid ssh started is session-manager-plugin and nothing of ours runs, except, after a
-# reused key push, a forked watcher that lives AUTH_FAILURE_SECONDS at most. State: the
-# plan and the children are this process's; the key-push record, the start and Online
-# markers, the locks and the stand-in live in our private cache directory and are shared
-# by concurrent connects. Rule: on the warm path, start no process whose work may be thrown
-# away (the instance is started only after the key push says it is not running; the session
-# beside the push is the one the warm path needs, and the hand-off waits for the push).
+# first key push and the session (beside it only when a hand-off is possible and the profile
+# can neither prompt nor refresh an SSO token: ConnectRun.session_beside_push), or a cold-wait
+# round's key push and SSM poll. A small sh, the Guard, kills them if we die however we die;
+# every wait (for a child, a lock, a poll round) also watches for ssh going away (SshWatch).
+# The session is `aws ssm start-session` with a private directory first on its PATH: the
+# session-manager-plugin there is our stand-in, which hands the plugin's argv and the
+# StartSession answer back on its stderr (a pipe to us) and exits. We then stop aws, let the
+# Guard go, and exec the real plugin on ssh's stdin/stdout: from then on the pid ssh started
+# is session-manager-plugin and nothing of ours runs, except, after a reused key push, a
+# forked watcher that lives AUTH_FAILURE_SECONDS at most. No SSH byte reaches the instance
+# before the key push has returned, by construction: a session started beside the push gets
+# pipes of ours for stdin and stdout, not ssh's, and nothing flows through them until the
+# push has returned; then either the stand-in's record comes (hand-off), or the plugin that
+# aws runs itself (a wrapper bypassed the stand-in) is seen printing, and we relay its bytes
+# for the session. Every StartSession that succeeded is handed to a plugin or terminated
+# (settle_session). State: the plan and the children are this process's; the key-push
+# record, the start and Online markers, the locks and the stand-in live in our private cache
+# directory and are shared by concurrent connects. Rule: on the warm path, start no process
+# whose work may be thrown away (the instance is started only after the key push says it is
+# not running; the session beside the push is the one the warm path needs).
 class ConnectPlan:
     """Everything connect decided before talking to AWS (validated, resolved)."""
 
@@ -2723,10 +2788,11 @@ def read_public_key(path: str) -> str:
     return parse_public_key(text, path)
 
 
-def locate_tools(env: dict[str, str]) -> tuple[str, str]:
-    """Find aws and session-manager-plugin; a plugin off PATH is added to the child PATH."""
+def locate_tools(env: dict[str, str], cache: str) -> tuple[str, str]:
+    """Find aws and session-manager-plugin (never our stand-in, wherever PATH puts it); a tool off
+    PATH has its directory added to the child PATH (when a directory can go on PATH)."""
     aws = require_aws(env)
-    plugin, looked = find_program("session-manager-plugin", env.get("PATH"))
+    plugin, looked = find_program("session-manager-plugin", env.get("PATH"), lambda p: is_stand_in(p, cache))
     if not plugin:
         raise CloudxError(
             f"session-manager-plugin was not found on PATH or in {', '.join(looked[-6:])}", PLUGIN_INSTALL_HINT
@@ -2734,11 +2800,21 @@ def locate_tools(env: dict[str, str]) -> tuple[str, str]:
     path_dirs = env.get("PATH", "").split(os.pathsep)
     for tool in (aws, plugin):
         tool_dir = os.path.dirname(tool)
-        if tool_dir not in path_dirs:
+        if os.pathsep in tool_dir:
+            debug(f"{os.path.basename(tool)} found off PATH at {tool}, whose directory cannot go on PATH")
+        elif tool_dir not in path_dirs:
             debug(f"{os.path.basename(tool)} found off PATH at {tool}; adding {tool_dir} to PATH for aws")
             env["PATH"] = os.pathsep.join([tool_dir, *[d for d in path_dirs if d]])
             path_dirs = env["PATH"].split(os.pathsep)
     return aws, plugin
+
+
+def is_stand_in(path: str, cache: str) -> bool:
+    """True when path is (a link to) a stand-in plugin of ours: a file in a plugin* directory of the cache."""
+    if not cache:
+        return False
+    real_dir = os.path.dirname(os.path.realpath(path))
+    return os.path.dirname(real_dir) == os.path.realpath(cache) and os.path.basename(real_dir).startswith("plugin")
 
 
 class PushCache:
@@ -2812,6 +2888,10 @@ ONLINE_SHARE_SECONDS = 20.0
 # A session on a reused key push that ends this soon may be a refused key: forget the push.
 AUTH_FAILURE_SECONDS = 5.0
 SSM_RESPONSE_ENV = "AWS_SSM_START_SESSION_RESPONSE"
+# How long a session started beside a failed push may take to show what it did, and how long
+# its TerminateSession may take (both bounded: the connect is on its way out).
+SETTLE_SECONDS = 30.0
+TERMINATE_SECONDS = 20.0
 
 
 # --- the hand-off: the process ssh started becomes session-manager-plugin --------------
@@ -2820,10 +2900,20 @@ SSM_RESPONSE_ENV = "AWS_SSM_START_SESSION_RESPONSE"
 # AWS_SSM_START_SESSION_RESPONSE), then with RESPONSE_OR_ENVNAME REGION StartSession
 # PROFILE PARAMETERS ENDPOINT. The stand-in answers --version with the real plugin (so
 # aws decides the form as without us) and hands the session call back to us, framed by
-# a per-connect nonce. printf is a shell builtin: the token appears in no process list.
+# a per-connect nonce. The answer (it holds the session token) goes through printf only
+# where printf is the shell's builtin (`command -v` names a builtin without a path): it
+# then appears in no process list; where it is not (mksh, posh), aws runs the real plugin.
+# The real plugin runs with the user's PATH and a mark: a plugin wrapper that calls
+# session-manager-plugin by name finds the real one, and a stand-in reached again
+# (its directory on the user's PATH) refuses instead of running itself forever.
 STAND_IN_SH = r"""#!/bin/sh
 # cloudx-proxy's stand-in for session-manager-plugin: see "hand-off" in cloudx_proxy.py.
-if [ "$#" -ge 6 ] && [ "$3" = StartSession ] && [ -n "${CLOUDX_PROXY_HANDOFF-}" ]; then
+if [ -n "${CLOUDX_PROXY_STAND_IN-}" ]; then
+  echo "cloudx-proxy: $0 is cloudx-proxy's stand-in, not session-manager-plugin: take its directory off PATH" >&2
+  exit 1
+fi
+if [ "$#" -ge 6 ] && [ "$3" = StartSession ] && [ -n "${CLOUDX_PROXY_HANDOFF-}" ] &&
+  [ "$(command -v printf)" = printf ]; then
   r=
   case $1 in
     *[!A-Za-z0-9_]*) ;;
@@ -2835,8 +2925,12 @@ if [ "$#" -ge 6 ] && [ "$3" = StartSession ] && [ -n "${CLOUDX_PROXY_HANDOFF-}" 
     exit 0
   exit 1
 fi
+CLOUDX_PROXY_STAND_IN=1
+PATH=${CLOUDX_PROXY_PATH-$PATH}
+export CLOUDX_PROXY_STAND_IN PATH
 exec "${CLOUDX_PROXY_PLUGIN:?}" "$@"
 """
+STAND_IN_VARS = ("CLOUDX_PROXY_HANDOFF", "CLOUDX_PROXY_PLUGIN", "CLOUDX_PROXY_PATH", "CLOUDX_PROXY_STAND_IN")
 
 
 def parse_handoff(data: bytes, nonce: bytes) -> tuple[list[str], str] | None:
@@ -2856,10 +2950,16 @@ def parse_handoff(data: bytes, nonce: bytes) -> tuple[list[str], str] | None:
 def plugin_env(env: Mapping[str, str], args: list[str], response: str) -> dict[str, str]:
     """The real plugin's environment: ours, without our hand-off variables, plus the answer
     in the variable aws named (when it passed one rather than the JSON itself)."""
-    out = {k: v for k, v in env.items() if k not in ("CLOUDX_PROXY_HANDOFF", "CLOUDX_PROXY_PLUGIN")}
+    out = {k: v for k, v in env.items() if k not in STAND_IN_VARS}
     if args and args[0].startswith(SSM_RESPONSE_ENV) and response:
         out[args[0]] = response
     return out
+
+
+def plugin_session_id(stdout: bytes) -> str | None:
+    """The SessionId a plugin run by aws announced on its stdout ('Starting session with SessionId: ID'), or None."""
+    m = re.search(rb"Starting session with SessionId: ([A-Za-z0-9._:@+=-]{1,256})\r?\n", stdout)
+    return m.group(1).decode() if m else None
 
 
 def session_id_of(args: list[str], response: str) -> str | None:
@@ -2872,17 +2972,33 @@ def session_id_of(args: list[str], response: str) -> str | None:
     return sid if isinstance(sid, str) and re.fullmatch(r"[A-Za-z0-9._:@+=-]{1,256}", sid) else None
 
 
+def stand_in_path(cache: str) -> str:
+    """Where this version's stand-in lives: a directory named by the script's checksum."""
+    import binascii
+
+    return os.path.join(cache, f"plugin-{binascii.crc32(STAND_IN_SH.encode()):08x}")
+
+
 def stand_in_dir(cache: str) -> str | None:
     """Our private directory holding the stand-in plugin (written if missing or changed), or None
-    when there is none we may use (no cache, a noexec mount, not ours): connect then goes without."""
-    if not cache or os.name == "nt":
-        return None
-    path = os.path.join(cache, "plugin")
-    script = os.path.join(path, "session-manager-plugin")
+    when there is none we may use: connect then goes without the hand-off.
+
+    The directory is named by the script's checksum, so two versions of us never overwrite each
+    other's. It must be fit for PATH (absolute, no path separator in it) and safe to look up
+    by name: ours, on an exec mount, and no directory above it that another user may change."""
     data = STAND_IN_SH.encode()
+    path = stand_in_path(cache)
+    script = os.path.join(path, "session-manager-plugin")
     try:
+        if sys.platform == "win32" or not cache:
+            raise OSError("no private cache directory")
+        if not os.path.isabs(path) or os.pathsep in path:
+            raise OSError(f"{path} cannot go on PATH")
         ensure_private_dir(cache)
         ensure_private_dir(path)
+        unsafe = unsafe_parent(path)
+        if unsafe:
+            raise OSError(unsafe)
         if os.statvfs(path).f_flag & getattr(os, "ST_NOEXEC", 0):
             raise OSError(f"{path} is on a noexec mount")
         try:
@@ -2900,24 +3016,33 @@ def stand_in_dir(cache: str) -> str | None:
     return path
 
 
-def is_aws_cli(head: bytes) -> bool:
-    """True when the first bytes of a file are the aws CLI itself: a native build (v2's
-    installer, ELF or Mach-O) or the Python script that imports awscli.clidriver (pip, Debian,
-    Homebrew). It runs session-manager-plugin by its bare name from the PATH we give it; a
-    wrapper (a shell script, a version manager's shim) may set its own PATH and bypass the stand-in."""
-    if head[:4] in (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe"):
-        return True
-    first = head.split(b"\n", 1)[0]
-    return first.startswith(b"#!") and b"python" in first and b"awscli.clidriver" in head
+def unsafe_parent(path: str) -> str | None:
+    """Why another user could swap a directory above ``path`` (None when nobody can, POSIX).
 
+    Every directory on the way, and every symlink there, must belong to us or root, and a
+    directory others may write must have the sticky bit (as /tmp has)."""
+    import stat
 
-def plugin_found_by_aws(aws_path: str) -> bool:
-    """True when aws_path is the aws CLI itself (is_aws_cli), not a wrapper; False when unreadable."""
-    try:
-        with open(os.path.realpath(aws_path), "rb") as f:
-            return is_aws_cli(f.read(8192))
-    except OSError:
-        return False
+    if sys.platform == "win32":
+        return None
+    uid, gid, done = os.getuid(), os.getgid(), os.sep
+    checks = []
+    for part in os.path.abspath(path).split(os.sep)[1:-1]:
+        done = os.path.join(done, part)
+        checks.append((done, os.lstat(done)))
+    real = os.path.realpath(os.path.dirname(path))
+    while True:
+        checks.append((real, os.stat(real)))
+        if real == os.path.dirname(real):
+            break
+        real = os.path.dirname(real)
+    for where, st in checks:
+        if st.st_uid not in (0, uid):
+            return f"{where} belongs to uid {st.st_uid}"
+        writable = st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != gid)
+        if stat.S_ISDIR(st.st_mode) and writable and not st.st_mode & stat.S_ISVTX:
+            return f"{where} may be changed by other users (mode {st.st_mode & 0o7777:o}, no sticky bit)"
+    return None
 
 
 def watch_auth(record: str, seconds: float) -> int:
@@ -2950,6 +3075,26 @@ def watch_auth(record: str, seconds: float) -> int:
 
 
 # --- one connect in progress ---------------------------------------------------------
+class Session:
+    """One `aws ssm start-session` child, its hand-off nonce and, when held, our ends of the pipes
+    that stand for ssh's stdin and stdout until the key push has returned (see start_session)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], nonce: bytes, to_aws: int = -1, from_aws: int = -1):
+        self.proc, self.nonce, self.to_aws, self.from_aws = proc, nonce, to_aws, from_aws
+        self.err = b""  # aws's stderr so far
+        self.out = b""  # what a plugin run by aws printed while held
+
+    def close_pipes(self) -> None:
+        """Close our ends of the held pipes (a plugin run by aws then sees its stdin end)."""
+        for fd in (self.to_aws, self.from_aws):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.to_aws = self.from_aws = -1
+
+
 class ConnectRun:
     """One connect in progress: its plan, the processes it owns and what it has learnt."""
 
@@ -2959,9 +3104,10 @@ class ConnectRun:
         self.watch = aws.procs.watch
         self.cache = PushCache(plan, public_key)
         self.deadline = time.monotonic() + plan.timeout
-        handoff = os.name != "nt" and not plan.env.get(NO_HANDOFF_ENV)
+        handoff = sys.platform != "win32" and plan.env.get(NO_HANDOFF_ENV, "") in ("", "0")
         self.stand_in = stand_in_dir(plan.cache) if handoff else None
-        self.session_started: float | None = None
+        self.pending: Session | None = None  # a session started beside a push still in flight
+        self.session_started: float | None = None  # when ssh's bytes began to flow to a session
         self.reused_push = False
         self.held = ""  # refusal lines of the last session, shown if no retry succeeds
         self.poll_lock: FileLock | None = None  # held while this connect polls for the others
@@ -2976,31 +3122,37 @@ class ConnectRun:
         return self.reused_push and started is not None and time.monotonic() - started < AUTH_FAILURE_SECONDS
 
     def session_beside_push(self) -> bool:
-        """May the session start while the key is pushed? Only when the hand-off holds the plugin
-        back until the push is done (the stand-in, reached through PATH by the aws CLI itself:
-        a plugin aws runs directly would start the SSH handshake before the key is there), and
-        aws will not ask on the terminal (two prompts at once)."""
+        """May the session start while the key is pushed? Its bytes are held until the push has
+        returned whoever runs the plugin, so only when a hand-off is possible (else we would relay
+        the whole session), aws cannot ask on the terminal (two prompts at once) and no SSO token
+        is due for a refresh (two refreshes at once)."""
         plan = self.plan
-        return (
-            self.stand_in is not None
-            and plugin_found_by_aws(self.aws.path)
-            and not may_prompt(plan.config, read_ini(plan.credentials_file) or {}, plan.profile)
-        )
+        if self.stand_in is None or may_prompt(plan.config, read_ini(plan.credentials_file) or {}, plan.profile):
+            return False
+        section = profile_section(plan.config, plan.profile)
+        cache_file = sso_cache_file(plan.config, section) if section else None
+        if not cache_file:
+            return True
+        token = read_json_file(os.path.join(os.path.expanduser("~"), ".aws", "sso", "cache", cache_file))
+        return not sso_refresh_due(token if isinstance(token, dict) else None, time.time())
 
     def session_env(self, nonce: str) -> dict[str, str]:
         """aws's environment for the session: with the hand-off, our stand-in first on PATH."""
-        env = dict(self.plan.env)
+        env = {k: v for k, v in self.plan.env.items() if k not in STAND_IN_VARS}
         if self.stand_in is not None:
+            env.update(
+                CLOUDX_PROXY_HANDOFF=nonce, CLOUDX_PROXY_PLUGIN=self.plugin, CLOUDX_PROXY_PATH=env.get("PATH", "")
+            )
             env["PATH"] = os.pathsep.join([self.stand_in, env.get("PATH", "")])
-            env.update(CLOUDX_PROXY_HANDOFF=nonce, CLOUDX_PROXY_PLUGIN=self.plugin)
         return env
 
 
-def start_session(run: ConnectRun) -> tuple[subprocess.Popen[bytes], bytes]:
-    """Start `aws ssm start-session` on ssh's stdin/stdout: the child and its hand-off nonce.
+def start_session(run: ConnectRun, hold: bool) -> Session:
+    """Start `aws ssm start-session`; ``hold``: on pipes of ours in place of ssh's stdin/stdout.
 
-    Nothing reaches the plugin before run_session reads the stand-in's record, so the
-    session may start while the key is pushed: the hand-off waits for the push.
+    A held session carries no byte of ssh's until run_session, which comes after the key push
+    has returned: whoever runs the plugin (the stand-in's hand-off, or aws itself behind a
+    wrapper that bypasses the stand-in), no SSH byte reaches the instance before the key.
     """
     import subprocess
 
@@ -3009,24 +3161,36 @@ def start_session(run: ConnectRun) -> tuple[subprocess.Popen[bytes], bytes]:
     argv = build_session_argv(run.aws.path, plan.instance_id, plan.port, plan.profile, plan.region)
     if _VERBOSE:
         debug("run: " + quote_argv(argv))
-    proc = run.procs.spawn(argv, run.session_env(nonce), stderr=subprocess.PIPE)
-    run.session_started = time.monotonic()
-    return proc, nonce.encode()
+    if not hold:
+        return Session(run.procs.spawn(argv, run.session_env(nonce), stderr=subprocess.PIPE), nonce.encode())
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    try:
+        proc = run.procs.spawn(argv, run.session_env(nonce), stdin=in_r, stdout=out_w, stderr=subprocess.PIPE)
+    except BaseException:
+        for fd in (in_w, out_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(in_r)
+        os.close(out_w)
+    run.pending = Session(proc, nonce.encode(), in_w, out_r)
+    return run.pending
 
 
-def run_session(
-    run: ConnectRun, started: tuple[subprocess.Popen[bytes], bytes] | None = None
-) -> tuple[int, str | None]:
-    """Start the session (unless started) and hand it to the plugin (no return when that works).
+def run_session(run: ConnectRun, session: Session | None = None) -> tuple[int, str | None]:
+    """Start the session (unless started beside the push) and hand it to the plugin (no return then).
 
     Otherwise: (exit code, refusal code if StartSession refused before any byte).
     aws's stderr comes to us: the stand-in's record, or aws's error to recognise.
     A failed session forgets the key-push record.
     """
     log("Starting session...")
-    proc, nonce = started or start_session(run)
-    held, refused = session_stderr(run, proc, nonce)
-    rc = run.procs.reap(proc)
+    session = session or start_session(run, hold=False)
+    run.pending = None
+    run.session_started = time.monotonic()
+    held, refused = session_stderr(run, session)
+    rc = run.procs.reap(session.proc)
     if (rc != 0 and not refused) or run.auth_doubt():  # a refusal says nothing of the key
         run.cache.forget()
     run.session_started = None
@@ -3037,27 +3201,36 @@ def run_session(
     return rc, None
 
 
-def session_stderr(run: ConnectRun, proc: subprocess.Popen[bytes], nonce: bytes) -> tuple[str, str | None]:
+def session_stderr(run: ConnectRun, session: Session) -> tuple[str, str | None]:
     """Read aws's stderr until the stand-in's record (then hand off) or its end.
 
-    Lines are passed on as they come (best effort: the session never depends on
-    our stderr), except a StartSession refusal, which is held for the caller.
+    Lines are passed on as they come (best effort: the session never depends on our stderr),
+    except a StartSession refusal, which is held for the caller. A held session whose plugin
+    aws runs itself (a first byte on its stdout) is relayed to ssh from then on.
     Returns (held lines, refusal code).
     """
-    assert proc.stderr is not None
-    fd = proc.stderr.fileno()
-    data, shown, held, refused = b"", 0, [], None
+    assert session.proc.stderr is not None
+    fd, nonce = session.proc.stderr.fileno(), session.nonce
+    shown, held, refused = 0, [], None
     while True:
-        if run.watch is not None:
-            run.watch.wait([fd], float("inf"))
+        reads = [fd] + ([session.from_aws] if session.from_aws >= 0 else [])
+        ready = run.watch.wait(reads, float("inf")) if run.watch is not None else [fd]
+        if session.from_aws in ready:
+            first = os.read(session.from_aws, 65536)
+            if first:
+                relay(run, session, first)  # aws runs the plugin: carry its bytes
+            else:
+                session.close_pipes()  # aws is gone without a plugin
+            continue
         chunk = os.read(fd, 65536)
-        data += chunk
+        session.err += chunk
+        data = session.err
         record = data.find(b"\n" + nonce)
         if record >= 0:
             captured = parse_handoff(data, nonce)
             if captured is not None:
                 _stderr_write(data[shown:record].decode("utf-8", "replace"))
-                hand_off(run, proc, *captured)
+                hand_off(run, session, *captured)
             if chunk:
                 continue  # the record is coming: keep it until it is whole (it is never shown)
         visible = data if record < 0 else data[:record]
@@ -3071,8 +3244,50 @@ def session_stderr(run: ConnectRun, proc: subprocess.Popen[bytes], nonce: bytes)
                 _stderr_write(raw)
         shown = max(shown, end)
         if not chunk:  # aws is done: it refused, failed, or ran the plugin itself
-            proc.stderr.close()
+            session.proc.stderr.close()
+            session.close_pipes()
             return "".join(held), refused
+
+
+def relay(run: ConnectRun, session: Session, first: bytes) -> None:
+    """Carry a held session's bytes between ssh and the plugin that aws runs itself (the rare
+    path: a wrapper around aws that bypasses the stand-in) until the plugin's stdout ends."""
+    import select
+
+    assert session.proc.stderr is not None
+    err, out = session.proc.stderr.fileno(), session.from_aws
+    debug("aws runs the plugin itself (the stand-in was bypassed): relaying the session")
+    reads = [0, out, err]
+    try:
+        _write_all(1, first)
+        while out in reads:
+            if run.watch is not None:
+                run.watch.check()
+            for fd in select.select(reads, [], [], SshWatch.TICK)[0]:
+                data = os.read(fd, 65536)
+                if not data:
+                    reads.remove(fd)
+                if fd == err:
+                    _stderr_write(data.decode("utf-8", "replace"))
+                elif fd == out:
+                    _write_all(1, data)
+                elif data and session.to_aws >= 0:
+                    try:
+                        _write_all(session.to_aws, data)
+                    except OSError:  # the plugin stopped reading: its stdout ends soon
+                        data = b""
+                if fd == 0 and not data and session.to_aws >= 0:
+                    os.close(session.to_aws)  # ssh is done writing: so is the plugin's stdin
+                    session.to_aws = -1
+    except BrokenPipeError:  # our stdout: ssh is gone
+        raise ssh_gone("its pipe on our fd 1 closed") from None
+    session.close_pipes()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte (blocking)."""
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _stderr_write(text: str) -> None:
@@ -3086,32 +3301,101 @@ def _stderr_write(text: str) -> None:
         pass
 
 
-def hand_off(run: ConnectRun, proc: subprocess.Popen[bytes], args: list[str], response: str) -> NoReturn:
+def hand_off(run: ConnectRun, session: Session, args: list[str], response: str) -> NoReturn:
     """Become the real session-manager-plugin, as aws would have run it (aws itself is stopped)."""
-    import signal
-
-    proc.kill()  # the stand-in has answered; aws only waits to exit 0
-    run.procs.reap(proc)
+    session.proc.kill()  # the stand-in has answered; aws only waits to exit 0
+    run.procs.reap(session.proc)
+    session.close_pipes()
     run.procs.stop_all()  # nothing else is left; the guard ends
     keep = watch_auth(run.cache.path, AUTH_FAILURE_SECONDS) if run.reused_push and run.cache.path else None
-    # As aws leaves them for the plugin: SIGPIPE default, the terminal's keys for the session.
-    for sig in (signal.SIGPIPE, signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
-        signal.signal(sig, signal.SIG_IGN)
+    as_aws_child(run.watch, keep)
     debug(f"handing the session to {run.plugin}")
     try:
         os.execve(run.plugin, [run.plugin, *args], plugin_env(run.plan.env, args, response))
     except OSError as e:
         if keep is not None:
             os.close(keep)
-        sid = session_id_of(args, response)
-        if sid:
-            try:
-                run.aws(["ssm", "terminate-session", "--session-id", sid], timeout=30)
-            except CloudxError as t:
-                debug(f"terminate-session {sid}: {t.message}")
+        terminate_session(run, session_id_of(args, response))
         raise CloudxError(f"cannot run {run.plugin}: {e.strerror or e}", PLUGIN_INSTALL_HINT) from None
+
+
+def as_aws_child(watch: SshWatch | None, keep: int | None) -> None:
+    """Leave this process as aws's Popen leaves the plugin it runs (POSIX), before the exec.
+
+    Signals: SIGPIPE and SIGXFSZ at their defaults (Python ignores both at start-up; Popen's
+    restore_signals puts them back); SIGHUP and SIGTERM as ssh gave them to us (the handlers
+    were ours alone); SIGINT, SIGQUIT and SIGTSTP ignored (aws ignores the terminal's keys while
+    its plugin runs). The mask is untouched: aws passes its own on, which is ours. Descriptors:
+    Popen closes every one above 2 (close_fds), so each is marked close-on-exec, but ``keep``,
+    the auth watcher's pipe (its closing when the plugin ends is the watcher's signal).
+    """
+    import signal
+
+    if sys.platform == "win32":
+        return
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    for signum, was in (watch.inherited if watch is not None else {}).items():
+        signal.signal(signum, was if was is not None else signal.SIG_DFL)
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
+        signal.signal(sig, signal.SIG_IGN)
+    fd_dir = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+    try:
+        fds = [int(name) for name in os.listdir(fd_dir) if name.isdigit()]
+    except OSError:
+        fds = list(range(3, min(os.sysconf("SC_OPEN_MAX"), 65536)))
+    for fd in fds:
+        if fd > 2 and fd != keep:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # not open (the listing's own descriptor, or one of the fallback's range)
+
+
+def terminate_session(run: ConnectRun, sid: str | None) -> None:
+    """End a session that no plugin will carry: TerminateSession, best effort and bounded, ssh or not."""
+    if not sid:
+        return
+    procs = ProcessSet(guard=run.procs.guard)  # no watch: this must run when ssh is already gone
+    aws = Aws(run.aws.path, run.plan.profile, run.plan.region, run.aws.env, run.plan.instance_id, procs)
+    try:
+        aws(["ssm", "terminate-session", "--session-id", sid], timeout=TERMINATE_SECONDS)
+        debug(f"session {sid} terminated")
+    except CloudxError as e:
+        debug(f"terminate-session {sid}: {e.message}")
+
+
+def settle_session(run: ConnectRun) -> None:
+    """The session started beside a push that failed, or beside a connect that ends otherwise: see
+    what aws did with it (the stand-in's record, a plugin's first line, or an exit), stop aws,
+    and terminate the session if StartSession opened one. SIGHUP and SIGTERM wait till the end."""
+    import select
+
+    session = run.pending
+    if session is None:
+        return
+    with HeldSignals():
+        assert session.proc.stderr is not None
+        err = session.proc.stderr.fileno()
+        reads = [fd for fd in (err, session.from_aws) if fd >= 0]
+        deadline, sid = time.monotonic() + SETTLE_SECONDS, None
+        while reads and sid is None and time.monotonic() < deadline:
+            for fd in select.select(reads, [], [], max(0.0, deadline - time.monotonic()))[0]:
+                data = os.read(fd, 65536)
+                if not data:
+                    reads.remove(fd)
+                elif fd == err:
+                    session.err += data
+                else:
+                    session.out += data
+            captured = parse_handoff(session.err, session.nonce)
+            sid = session_id_of(*captured) if captured else plugin_session_id(session.out)
+        session.close_pipes()
+        run.procs.stop(session.proc, grace=0.2)
+        run.pending = None
+        if reads and sid is None:
+            debug("the session started beside the push did not show what it did in time")
+        terminate_session(run, sid)
 
 
 # --- the connect: warm path first, cold path when the instance is not ready ------------
@@ -3125,9 +3409,9 @@ def connect_dry_run(plan: ConnectPlan) -> int:
         public_key, key = read_public_key(plan.pub_path), f"{plan.pub_path} (found)"
     except CloudxError as e:
         public_key, key = f"<{plan.pub_path}>", f"{plan.pub_path} ({e.message})"
-    handoff = os.name != "nt" and not plan.env.get(NO_HANDOFF_ENV) and plan.cache
+    handoff = sys.platform != "win32" and plan.env.get(NO_HANDOFF_ENV, "") in ("", "0") and plan.cache
     session = (
-        f"through a stand-in in {os.path.join(plan.cache, 'plugin')}, then this process becomes the plugin"
+        f"through a stand-in in {stand_in_path(plan.cache)}, then this process becomes the plugin"
         if handoff
         else "aws runs the plugin and this process waits for it"
     )
@@ -3160,21 +3444,27 @@ def cmd_connect(args: argparse.Namespace) -> int:
         return connect_dry_run(plan)
     check_profile(plan)
     public_key = read_public_key(plan.pub_path)
-    aws_path, plugin = locate_tools(plan.env)
-    procs = ProcessSet(SshWatch(), Guard()) if os.name != "nt" else ProcessSet()
-    run = ConnectRun(
-        plan, Aws(aws_path, plan.profile, plan.region, plan.env, plan.instance_id, procs), public_key, plugin
-    )
+    aws_path, plugin = locate_tools(plan.env, plan.cache)
+    procs = ProcessSet()
+    run: ConnectRun | None = None
     try:
+        if sys.platform != "win32":
+            procs.watch, procs.guard = SshWatch(), Guard()  # from here on SIGHUP/SIGTERM are SshGone
+        run = ConnectRun(
+            plan, Aws(aws_path, plan.profile, plan.region, plan.env, plan.instance_id, procs), public_key, plugin
+        )
         return connect(run)
     except SshGone as gone:
         debug(f"ssh went away ({gone}): every process of this connect stopped")
-        if run.session_started is None:
+        if run is None or run.session_started is None:
             return EXIT_ERROR
         if run.auth_doubt():
             run.cache.forget()
         return EXIT_OK  # during a session: ssh's normal goodbye
     finally:
+        ignore_hangups()  # on the way out, whatever comes: the clean-up runs to its end
+        if run is not None:
+            settle_session(run)
         procs.stop_all()
 
 
@@ -3196,16 +3486,14 @@ def connect(run: ConnectRun) -> int:
         debug(f"StartSession refused ({refused}) despite a recent key push: checking the instance")
     log("Pushing SSH key...")
     pushed_at = time.time()
-    # On the warm path both are needed: the session starts with the push when the hand-off
-    # waits for the push (session_beside_push), else right after it.
-    session = start_session(run) if run.session_beside_push() else None
+    # On the warm path both are needed: the session starts beside the push, held until the
+    # push has returned (session_beside_push), else right after it.
+    session = start_session(run, hold=True) if run.session_beside_push() else None
     try:
         run.aws(aws_push_key_args(plan.instance_id, plan.user, run.public_key))
         key_pushed: float | None = pushed_at
     except CloudxError as e:
-        if session is not None:
-            run.procs.stop(session[0], grace=0.2)  # refused too: a target that is not running is not Online
-            run.session_started = None
+        settle_session(run)  # no plugin will carry what it opened (a stopped target refuses it anyway)
         if e.code != "EC2InstanceStateInvalidException":
             raise
         debug(f"key push refused: {e.message}")
@@ -3236,13 +3524,15 @@ def connect(run: ConnectRun) -> int:
 
 
 # --- the cold path: start the instance once, share one poller ---------------------------
-def _start_lock(plan: ConnectPlan, name: str, deadline: float) -> FileLock | None:
-    """Take a per-instance lock in our cache (None without a usable cache: connect goes on alone)."""
+def _start_lock(plan: ConnectPlan, name: str, deadline: float, procs: ProcessSet) -> FileLock | None:
+    """Take a per-instance lock in our cache (None without a usable cache: connect goes on alone);
+    the wait for it ends when ssh goes (procs' watch)."""
     if not plan.cache:
         return None
     try:
         ensure_private_dir(plan.cache)
-        return FileLock(os.path.join(plan.cache, f"{name}-{plan.region}-{plan.instance_id}"), deadline).__enter__()
+        path = os.path.join(plan.cache, f"{name}-{plan.region}-{plan.instance_id}")
+        return FileLock(path, deadline, procs.sleep).__enter__()
     except OSError as e:
         debug(f"no {name} lock ({e}); going on without it")
         return None
@@ -3279,7 +3569,7 @@ def ensure_started(
     """
     iid = plan.instance_id
     marker = os.path.join(plan.cache, f"started-{plan.region}-{iid}") if plan.cache else ""
-    lock = _start_lock(plan, "lock", deadline)
+    lock = _start_lock(plan, "lock", deadline, aws.procs)
     try:
         now, age = time.time(), _marker_age(marker) if lock else -1.0
         online_age = _marker_age(os.path.join(plan.cache, f"online-{plan.region}-{iid}")) if lock else -1.0
@@ -3381,7 +3671,7 @@ def shared_online(run: ConnectRun, key_pushed: float | None) -> float | None:
     None means: poll ourselves (the lock is then held by the caller via run.poll_lock).
     """
     plan = run.plan
-    lock = _start_lock(plan, "wait", run.deadline)
+    lock = _start_lock(plan, "wait", run.deadline, run.procs)
     run.poll_lock = lock
     if lock is None:
         return None
@@ -6388,6 +6678,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except SshGone:  # SIGHUP/SIGTERM at a moment connect's own handling could not catch it
+        return EXIT_ERROR
     except OSError as e:
         if _VERBOSE:
             raise

@@ -865,6 +865,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--scenarios", default="warm,repeat,cold", help="comma-separated subset of warm,repeat,cold (all)")
     ap.add_argument("--aws", choices=("v1", "v2"), default="v1", help="aws CLI to use (v1)")
     ap.add_argument(
+        "--aws-wrapper",
+        action="store_true",
+        help="put a /bin/sh script that execs the aws CLI first on PATH (as wrapper and shim users have it)",
+    )
+    ap.add_argument(
         "--pending-seconds",
         type=float,
         default=5.0,
@@ -926,6 +931,13 @@ def main(argv: list[str] | None = None) -> int:
         built = build_zipapp(pyz)
         home = rig.make_home(tmp / "home", profile=PROFILE, region=REGION)
         env = rig.env(home, args.aws)
+        if args.aws_wrapper:
+            real_aws = shutil.which("aws", path=env["PATH"])
+            wrapper = tmp / "wrapper" / "aws"
+            wrapper.parent.mkdir()
+            wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(str(real_aws))} "$@"\n')
+            wrapper.chmod(0o755)
+            env["PATH"] = f"{wrapper.parent}{os.pathsep}{env['PATH']}"
         aws_version = subprocess.run(["aws", "--version"], env=env, capture_output=True, text=True).stdout.strip()
         contenders = [
             Contender(
@@ -964,7 +976,9 @@ def main(argv: list[str] | None = None) -> int:
             f"  {time.strftime('%Y-%m-%d %H:%M:%S')}  {platform.node()}  {os.cpu_count()} CPUs  "
             f"{platform.platform()}; load average at start "
             f"{' '.join(f'{x:.2f}' for x in load_start)}",
-            f"  aws CLI: {aws_version or '?'} ({args.aws}); python for ours/ref: {args.python} "
+            f"  aws CLI: {aws_version or '?'} ({args.aws}"
+            + (", behind a /bin/sh wrapper that execs it" if args.aws_wrapper else "")
+            + f"); python for ours/ref: {args.python} "
             f"({platform.python_version()} runs the bench); endpoint latency {args.latency:g} s per AWS request",
             f"  ours:  {contenders[0].describe}",
             f"  ref:   {ref_note}" + ("" if "ref" in names else "  -> NOT RUN"),

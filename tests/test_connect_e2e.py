@@ -104,8 +104,9 @@ def test_the_plugin_runs_only_after_the_key_is_pushed(
     """The plugin's SSH handshake needs the key: whatever runs the plugin, it runs after the push.
 
     With the hand-off the session starts beside the push and the hand-off waits for it; when
-    aws runs the plugin itself (no hand-off: Windows' path; a wrapper that sets its own PATH
-    and bypasses the stand-in) the session starts only after the push.
+    aws runs the plugin itself behind a wrapper that sets its own PATH (the stand-in is
+    bypassed), its bytes are held until the push has returned; without the hand-off
+    (Windows' path) the session starts only after the push.
     """
     iid = rig.add_instance()
     env = rig.env(home, aws_variant)
@@ -124,7 +125,8 @@ def test_the_plugin_runs_only_after_the_key_is_pushed(
     assert res.stdout == "ordered\n"
     (push,) = rig.calls("SendSSHPublicKey")
     (session,) = [c for c in rig.plugin_calls() if c.get("target") == iid]
-    assert session["t"] >= push["t"] + 2.0, "the plugin ran before the push was answered"
+    (first_in,) = [c for c in rig.plugin_stdin_calls() if c["session_id"] == session["session_id"]]
+    assert first_in["t"] >= push["t"] + 2.0, "a byte from ssh reached the plugin before the push was answered"
 
 
 def test_repeat_connect_reuses_the_key_push(rig: Rig, home: Home, pyz: Path) -> None:

@@ -382,5 +382,5 @@ def test_a_cold_connect_with_an_odd_cache_path(rig: Rig, home: Home, pyz: Path, 
     assert res.returncode == 0, res.stderr
     assert res.stdout == "odd\n"
     assert list(cache.glob(f"push-*{iid}*")), "the cache was used"
-    assert (cache / "plugin" / "session-manager-plugin").is_file()
+    assert list(cache.glob("plugin-*/session-manager-plugin")), "the stand-in, in its versioned directory"
     assert not list(cwd.iterdir()), "nothing created under ssh's working directory"

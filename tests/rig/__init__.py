@@ -518,9 +518,17 @@ class Rig:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line]
 
+    def plugin_stdin_calls(self) -> list[dict]:
+        """One entry ({"session_id", "pid", "t"}) per plugin, when the first byte from its stdin came."""
+        path = Path(f"{self.plugin_log}.stdin")
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
     def clear_plugin_calls(self) -> None:
         self.plugin_log.unlink(missing_ok=True)
         Path(f"{self.plugin_log}.version").unlink(missing_ok=True)
+        Path(f"{self.plugin_log}.stdin").unlink(missing_ok=True)
 
     # --- ssh -------------------------------------------------------------------------
     def ssh_argv(

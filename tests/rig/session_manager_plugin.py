@@ -69,6 +69,23 @@ def _signal_masks() -> dict[str, list[str]]:
     return out
 
 
+def _open_fds() -> list[int]:
+    """Descriptors above 2 this process was started with (what its parent let it inherit)."""
+    try:
+        listed = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return []
+    out = []
+    for fd in listed:
+        if fd > 2:
+            try:
+                os.fstat(fd)  # the listing's own descriptor is closed by now
+                out.append(fd)
+            except OSError:
+                pass
+    return sorted(out)
+
+
 def _who() -> dict:
     return {"pid": os.getpid(), "ppid": os.getppid(), "exe": os.path.abspath(sys.argv[0])}
 
@@ -91,13 +108,17 @@ def _fail(msg: str, on_stdout: bool = True) -> None:
     os._exit(1)
 
 
-def _pump_stdin(sock: socket.socket) -> None:
-    """stdin -> socket; half-close the socket on EOF."""
+def _pump_stdin(sock: socket.socket, sid: str) -> None:
+    """stdin -> socket; half-close the socket on EOF. The first byte's time is logged (".stdin")."""
+    first = True
     try:
         while True:
             data = os.read(0, 65536)
             if not data:
                 break
+            if first:
+                _log({"session_id": sid, "pid": os.getpid()}, ".stdin")
+                first = False
             sock.sendall(data)
     except OSError:
         pass
@@ -190,6 +211,7 @@ def session(argv: list[str]) -> None:
         "session_id": sid,
         "redeemed": None,
         "ld_library_path": os.environ.get("LD_LIBRARY_PATH"),
+        "fds": FDS_AT_START,
         **_signal_masks(),
     }
     mode = os.environ.get("RIG_PLUGIN_MODE", "")
@@ -203,17 +225,17 @@ def session(argv: list[str]) -> None:
     _log(entry)
     if refused:
         _fail(f"Cannot perform start session: the data channel of session {sid} refused its token: {refused}")
-    _bridge(url, mode)
+    _bridge(url, mode, sid)
 
 
-def _bridge(url: urllib.parse.SplitResult, mode: str) -> None:
+def _bridge(url: urllib.parse.SplitResult, mode: str, sid: str) -> None:
     """Carry bytes between stdin/stdout and host:port of the stream URL; exit with the session."""
     try:
         sock = socket.create_connection((url.hostname, url.port or 443), timeout=5)
     except OSError as e:
         _fail(f"Cannot perform start session: failed to connect to {url.hostname}:{url.port}: {e}")
     sock.settimeout(None)
-    threading.Thread(target=_pump_stdin, args=(sock,), daemon=True).start()
+    threading.Thread(target=_pump_stdin, args=(sock, sid), daemon=True).start()
     sent = 0
     try:
         while True:
@@ -244,7 +266,11 @@ def version() -> None:
     os.unlink(me)
 
 
+FDS_AT_START: list[int] = []
+
+
 def main() -> None:
+    FDS_AT_START.extend(_open_fds())
     args = sys.argv[1:]
     if not args:
         sys.stdout.write(INSTALLED)

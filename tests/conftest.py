@@ -1,4 +1,4 @@
-"""Shared fixtures: the end-to-end rig (see docs/test-rig.md)."""
+"""Shared fixtures: the end-to-end rig (see docs/test-rig.md) and the `e2e` marker."""
 
 from __future__ import annotations
 
@@ -10,6 +10,23 @@ import pytest
 from rig import Home, Rig, have_prerequisites
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# Modules whose every test needs the machine the rig needs (root, sshd, the aws CLIs, pyenv's
+# Pythons, a second local user), even a test that takes no `rig` fixture.
+E2E_MODULES = ("test_rig.py", "test_old_pythons.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `e2e` every test that needs the rig: it uses the `rig` fixture (directly or through
+    another fixture, such as `home`), or its module is a `*_e2e.py` or one of E2E_MODULES.
+    `pytest -m "not e2e"` runs the rest without root, sshd or aws."""
+    for item in items:
+        name = item.path.name
+        if "rig" in getattr(item, "fixturenames", ()) or name.endswith("_e2e.py") or name in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+
+
 DEFAULT_REGION = "eu-west-1"
 DEFAULT_PROFILE = "cloudX"
 

@@ -79,6 +79,20 @@ def aws_variant(request: pytest.FixtureRequest, rig: Rig) -> str:
     return request.param
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rig(request: pytest.FixtureRequest) -> None:
+    """Before each test that uses the rig (one per pytest worker, shared by every test it runs):
+    no fault, call or plugin call left from an earlier test, and the endpoint knobs at their
+    defaults. A test that takes no rig does not start one."""
+    if "rig" not in request.fixturenames:
+        return
+    rig: Rig = request.getfixturevalue("rig")
+    rig.clear_faults()
+    rig.knobs(key_ttl=60, latency=0.0)
+    rig.clear_calls()
+    rig.clear_plugin_calls()
+
+
 @pytest.fixture
 def home(rig: Rig, tmp_path: Path) -> Home:
     """A fresh HOME with profile cloudX (eu-west-1), credentials and an ssh key."""

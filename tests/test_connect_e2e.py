@@ -78,13 +78,6 @@ def actions(rig: Rig) -> list[str]:
     return [c["action"] for c in rig.calls()]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_log(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-    rig.clear_plugin_calls()
-
-
 # --- warm path ---------------------------------------------------------------
 def test_warm_connect_runs_a_command(rig: Rig, home: Home, pyz: Path, aws_variant: str) -> None:
     iid = rig.add_instance()

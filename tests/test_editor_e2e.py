@@ -71,12 +71,6 @@ def doctor_lines(rig: Rig, home: Home, pyz: Path, editor: str = "VS Code") -> di
     return {f["check"]: f["level"] + " " + f["detail"] for f in json.loads(res.stdout) if f["check"].startswith(editor)}
 
 
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-
-
 def test_setup_applies_the_settings_rerun_changes_nothing_doctor_before_and_after(
     rig: Rig, home: Home, pyz: Path
 ) -> None:

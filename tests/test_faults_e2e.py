@@ -31,12 +31,6 @@ def actions(rig: Rig) -> list[str]:
     return [c["action"] for c in rig.calls()]
 
 
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-
-
 @pytest.mark.parametrize("code,status", [("ThrottlingException", 400), ("InternalServerError", 500)])
 def test_throttling_and_5xx_are_retried(rig: Rig, home: Home, pyz: Path, code: str, status: int) -> None:
     iid = rig.add_instance()

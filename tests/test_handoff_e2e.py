@@ -51,13 +51,6 @@ def wait_for(what: str, check, timeout: float = 60.0) -> None:  # type: ignore[n
         time.sleep(0.02)
 
 
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-    rig.clear_plugin_calls()
-
-
 # --- the stand-in and the guard, under the real /bin/sh --------------------------------
 def _stand_in(tmp_path: Path, real: str) -> Path:
     script = tmp_path / "session-manager-plugin"

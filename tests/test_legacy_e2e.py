@@ -10,14 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from rig import Home, Rig, ssh_config_argv
-
-
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
 
 
 def legacy_home(rig: Rig, root: Path, pyz: Path, host_id: str) -> tuple[Home, str]:

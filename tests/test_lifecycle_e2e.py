@@ -61,12 +61,6 @@ def reconnect_after_stop(
     return res, actions(rig)
 
 
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-
-
 # --- processes -------------------------------------------------------------------
 def _stat(pid: int) -> tuple[int, str] | None:
     """(ppid, state) of a process, None if gone."""

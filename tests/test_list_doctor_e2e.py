@@ -90,12 +90,6 @@ def run(
     )
 
 
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-
-
 @pytest.fixture
 def configured(rig: Rig, home: Home, pyz: Path) -> tuple[Home, str]:
     """A HOME after a real setup of one healthy instance (host cloudX-dev-web)."""

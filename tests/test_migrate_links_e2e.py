@@ -31,12 +31,6 @@ assert s.setup_ssh_config("dev", sys.argv[1], "web")
 """
 
 
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-
-
 def dotfiles_home(rig: Rig, root: Path, iid: str, absolute: bool) -> Home:
     """The original writes the legacy setup; then its config, its key and ~/.ssh/config become
     symlinks into ~/dotfiles (relative ones unless `absolute`), as a dotfiles user keeps them."""

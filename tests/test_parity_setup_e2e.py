@@ -19,12 +19,6 @@ sys.path.insert(0, str(ROOT))
 import cloudx_proxy as cp  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-
-
 def run(rig: Rig, home: Home, argv: list[str]) -> subprocess.CompletedProcess[str]:
     """A command with the rig's environment (HOME, PATH with the aws CLI, the endpoint)."""
     return subprocess.run(

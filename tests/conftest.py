@@ -11,19 +11,20 @@ from rig import Home, Rig, have_prerequisites
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
-# Modules whose every test needs the machine the rig needs (root, sshd, the aws CLIs, pyenv's
-# Pythons, a second local user), even a test that takes no `rig` fixture.
-E2E_MODULES = ("test_rig.py", "test_old_pythons.py")
+# Tests that take no `rig` fixture but need the machine the rig needs: whole modules (root and a
+# second local user, a rig of their own, pyenv's Pythons) and single tests (pyenv's Pythons).
+E2E_MODULES = ("test_rig.py", "test_old_pythons.py", "test_trust_e2e.py")
+E2E_TESTS = ("test_zipapp_runs_on_each_python",)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `e2e` every test that needs the rig: it uses the `rig` fixture (directly or through
-    another fixture, such as `home`), or its module is a `*_e2e.py` or one of E2E_MODULES.
-    `pytest -m "not e2e"` runs the rest without root, sshd or aws."""
+    another fixture, such as `home`), or it is in E2E_MODULES / E2E_TESTS. `pytest -m "not e2e"`
+    runs the rest (pure checks in *_e2e.py modules included) without root, sshd or aws."""
     for item in items:
-        name = item.path.name
-        if "rig" in getattr(item, "fixturenames", ()) or name.endswith("_e2e.py") or name in E2E_MODULES:
+        name = getattr(item, "originalname", item.name)
+        if "rig" in getattr(item, "fixturenames", ()) or item.path.name in E2E_MODULES or name in E2E_TESTS:
             item.add_marker(pytest.mark.e2e)
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the end-to-end rig (see docs/test-rig.md) and the `e2e` marker."""
+"""Shared fixtures: the end-to-end rig (see docs/test-rig.md), the `e2e` marker, the Hypothesis profiles."""
 
 from __future__ import annotations
 
@@ -26,6 +26,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         name = getattr(item, "originalname", item.name)
         if "rig" in getattr(item, "fixturenames", ()) or item.path.name in E2E_MODULES or name in E2E_TESTS:
             item.add_marker(pytest.mark.e2e)
+
+
+def _hypothesis_profiles() -> None:
+    """`ci` (loaded when CI=true): derandomized, so a CI failure comes back with the same command on
+    the same commit, and the failing example's @reproduce_failure blob is printed. `dev` (otherwise):
+    random, with the blob printed too. HYPOTHESIS_PROFILE=ci|dev chooses one by hand. Loaded here,
+    before the test modules build their own settings() on top of it."""
+    try:
+        from hypothesis import settings
+    except ImportError:  # only the property tests need it
+        return
+    settings.register_profile("ci", derandomize=True, print_blob=True, database=None)
+    settings.register_profile("dev", print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if IN_CI else "dev"))
+
+
+_hypothesis_profiles()
 
 
 DEFAULT_REGION = "eu-west-1"

@@ -120,6 +120,17 @@ def home(rig: Rig, tmp_path: Path) -> Home:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+ORIGINAL_PYTHON = ROOT / ".venv-original" / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def original() -> Path:
+    """The python of the venv holding PyPI cloudx-proxy 0.17.6 (.ci/run makes it: our import name)."""
+    if not ORIGINAL_PYTHON.exists():
+        skip_or_fail(f"{ORIGINAL_PYTHON} missing (.ci/run installs tests/requirements-original.txt there)")
+    return ORIGINAL_PYTHON
+
+
 @pytest.fixture(scope="session")
 def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The zipapp, built once per test session with build_zipapp.py (as users get it)."""

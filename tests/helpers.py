@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from rig import Rig, cmdline
+from rig import Home, Rig, cmdline, ssh_config_argv
 
 # A connect whose ssh went away (or whose parent did) ends within about a second on an idle
 # machine; on 2 busy cores under -n 3 it has taken several. GONE_WITHIN bounds that wait so that
@@ -29,6 +32,114 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 90.0, inte
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(interval)
+
+
+# --- running the program and ssh -------------------------------------------------------------
+def cli(
+    rig: Rig,
+    home: Home,
+    pyz: Path,
+    *args: str,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess[str]:
+    """`python PYZ ARGS` with the rig's environment (or `env`), plus `extra_env`; `stdin` as its
+    input, else no input at all (no terminal to prompt on)."""
+    return subprocess.run(
+        [sys.executable, str(pyz), *args],
+        env={**(env or rig.env(home)), **(extra_env or {})},
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ssh(
+    rig: Rig,
+    home: Home,
+    pyz: Path,
+    iid: str,
+    *remote: str,
+    aws: str = "v1",
+    args: str = "",
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+    python: str = sys.executable,
+) -> subprocess.CompletedProcess[str]:
+    """`ssh IID REMOTE...` with our zipapp's connect (plus `args`) as the ProxyCommand."""
+    proxy = f"{python} {pyz} connect %h %p {args}".strip()
+    argv = rig.ssh_argv(home, iid, proxy, *remote)
+    return subprocess.run(argv, env=env or rig.env(home, aws), capture_output=True, text=True, timeout=timeout)
+
+
+def ssh_ok(rig: Rig, home: Home, config: Path, host: str) -> subprocess.CompletedProcess[str]:
+    """`ssh -F CONFIG HOST echo ok` through the rig."""
+    return subprocess.run(
+        ssh_config_argv(home, config, host, "echo ok"), env=rig.env(home), capture_output=True, text=True, timeout=120
+    )
+
+
+def ssh_g_run(config: Path, host: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`ssh -G -F CONFIG HOST`: what ssh resolves for a host from this config alone."""
+    return subprocess.run(
+        ["ssh", "-G", "-F", str(config), host],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+def ssh_g_values(out: str) -> dict[str, list[str]]:
+    """`ssh -G` output as keyword -> every value, in order."""
+    values: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        values.setdefault(key, []).append(value)
+    return values
+
+
+def ssh_g(config: Path, host: str, env: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """What ssh resolves for a host from this config (keyword -> values); fails if ssh refuses it."""
+    res = ssh_g_run(config, host, env)
+    assert res.returncode == 0, res.stderr
+    return ssh_g_values(res.stdout)
+
+
+def ssh_g_last(config: Path, host: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """ssh_g() with one value per keyword (the last of several, such as IdentityFile)."""
+    return {key: values[-1] for key, values in ssh_g(config, host, env).items()}
+
+
+# --- PyPI cloudx-proxy 0.17.6, the original (its venv: .venv-original) -----------------------
+# Runs in the original's venv with HOME set to the test's home: CloudXSetup.setup_ssh_config is what
+# its `setup` calls to write ~/.ssh/cloudX/config and the Include in ~/.ssh/config.
+WRITE_CONFIG = """
+import json, sys
+from cloudx_proxy.setup import CloudXSetup
+for c in json.loads(sys.argv[1]):
+    s = CloudXSetup(profile=c["profile"], ssh_key=c["key"], aws_env=c["aws_env"], ssh_host_prefix="cloudx",
+                    non_interactive=True)
+    assert s.setup_ssh_config(c["env"], c["iid"], c["host"])
+"""
+
+
+def write_original(python: Path, home: Home, *hosts: dict[str, str | None]) -> None:
+    """Let the original's own setup code write the config for these hosts (cwd outside the repo, -I)."""
+    calls = [{"profile": "cloudX", "key": "cloudX", "aws_env": None, **h} for h in hosts]
+    subprocess.run(
+        [str(python), "-I", "-c", WRITE_CONFIG, json.dumps(calls)],
+        env={"HOME": str(home.path), "PATH": "/usr/bin:/bin"},
+        cwd=home.path,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 # --- processes, from /proc ---------------------------------------------------------------

@@ -17,28 +17,10 @@ from pathlib import Path
 
 import pytest
 from conftest import skip_or_fail
-from helpers import actions, find_python, live, live_pids
+from helpers import actions, find_python, live, live_pids, ssh
 from rig import Home, Rig, cmdline, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def ssh(
-    rig: Rig,
-    home: Home,
-    pyz: Path,
-    iid: str,
-    *remote: str,
-    aws: str = "v1",
-    args: str = "",
-    env: dict[str, str] | None = None,
-    timeout: float = 120,
-    python: str = sys.executable,
-) -> subprocess.CompletedProcess[str]:
-    """Run `ssh IID REMOTE...` with our zipapp as the ProxyCommand."""
-    proxy = f"{python} {pyz} connect %h %p {args}".strip()
-    argv = rig.ssh_argv(home, iid, proxy, *remote)
-    return subprocess.run(argv, env=env or rig.env(home, aws), capture_output=True, text=True, timeout=timeout)
 
 
 def connect(

@@ -14,6 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import GONE_WITHIN, NATURAL_END, actions, marked_processes, wait_for, wait_gone
 from rig import Home, Rig, cmdline, descendants
@@ -35,8 +36,8 @@ def env_for(rig: Rig, home: Home, handoff: bool) -> dict[str, str]:
 def ssh(
     rig: Rig, home: Home, pyz: Path, iid: str, *remote: str, handoff: bool = True, args: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    argv = ssh_argv(rig, home, pyz, iid, *remote, args=args)
-    return subprocess.run(argv, env=env_for(rig, home, handoff), capture_output=True, text=True, timeout=180)
+    """helpers.ssh(), on the hand-off path or (handoff=False) the path Windows takes."""
+    return helpers.ssh(rig, home, pyz, iid, *remote, args=args, env=env_for(rig, home, handoff))
 
 
 def stop(rig: Rig, iid: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, skip_or_fail
+from helpers import cli, ssh_g_last
 from rig import Home, Rig, ssh_config_argv
 
 sys.path.insert(0, str(ROOT))
@@ -68,23 +69,6 @@ def uvx_shim(tmp: Path, pyz: Path) -> Path:
     return bin_dir
 
 
-def cli(rig: Rig, home: Home, pyz: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(pyz), *args],
-        env=rig.env(home),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
-def ssh_g(home: Home, host: str) -> dict[str, str]:
-    argv = ["ssh", "-G", "-F", str(home.path / ".ssh" / "config"), host]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
-    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
-
-
 def snapshot(root: Path) -> dict[str, str]:
     """Every path under root: a link's text, or a file's bytes (as text)."""
     out = {}
@@ -130,7 +114,7 @@ def test_migrate_keeps_dotfiles_symlinks_resolving(rig: Rig, pyz: Path, tmp_path
     assert (dot / "config").read_text().startswith(f"Include {config}\n")
     text = (dot / "vscode-config").read_text()
     assert str(home.ssh_dir) not in text and "~/.ssh/vscode" not in text
-    resolved = ssh_g(home, "cloudx-dev-web")
+    resolved = ssh_g_last(home.path / ".ssh" / "config", "cloudx-dev-web")
     assert resolved["identityfile"] == str(key)
     assert f"--ssh-dir {target}" in resolved["proxycommand"]
     assert resolved["hostname"] == iid

@@ -101,7 +101,7 @@ VSCODE_TIMEOUT_HINT = (
 def _standard_dirs(program: str) -> list[str]:
     """Where installers put ``aws`` / ``session-manager-plugin`` besides PATH."""
     home = os.path.expanduser("~")
-    if os.name == "nt":
+    if sys.platform == "win32":
         pf = [os.environ.get(v) for v in ("ProgramFiles", "ProgramFiles(x86)", "ProgramW6432")]
         roots = [p for p in pf if p] or [r"C:\Program Files"]
         sub = r"Amazon\AWSCLIV2" if program == "aws" else r"Amazon\SessionManagerPlugin\bin"
@@ -573,7 +573,7 @@ def cache_dir(environ: Mapping[str, str], home: str) -> str:
     private; callers then run without the cache (or with a private temp dir).
     Files in it are opened through open_private() (no symlinks, owner checked).
     """
-    if os.name == "nt" and environ.get("LOCALAPPDATA"):
+    if sys.platform == "win32" and environ.get("LOCALAPPDATA"):
         return os.path.join(environ["LOCALAPPDATA"], "cloudx-proxy")
     base = environ.get("XDG_CACHE_HOME", "")
     if not os.path.isabs(base):  # the XDG spec: a relative path is invalid and must be ignored
@@ -688,7 +688,7 @@ def validate_config_path(kind: str, value: str, include: bool = False) -> str:
         # ssh reads \\, \' and \" as escapes; an Include is globbed, where any backslash escapes
         (
             "a backslash there",
-            re.search(r"\\([\\'\" ]|$)", value) is not None or (include and "\\" in value and os.name != "nt"),
+            re.search(r"\\([\\'\" ]|$)", value) is not None or (include and "\\" in value and sys.platform != "win32"),
         ),
         ("glob characters (*?[])", include and any(c in value for c in "*?[]")),
     ]
@@ -1833,7 +1833,7 @@ def editor_settings_dirs(platform: str, environ: Mapping[str, str], home: str) -
 # ---------------------------------------------------------------------------
 def _untrusted(st: os.stat_result, path: str) -> str | None:
     """Why a file or directory of ours may not be trusted (owner, group/other-writable), or None."""
-    if os.name == "nt":
+    if sys.platform == "win32":
         return None  # per-user profile directories; no uid or mode bits to check
     if st.st_uid != os.getuid():
         return f"{path} is owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
@@ -1852,7 +1852,7 @@ def ensure_private_dir(path: str) -> str:
     import stat
 
     os.makedirs(path, mode=0o700, exist_ok=True)
-    if os.name == "nt":
+    if sys.platform == "win32":
         return path
     lst = os.lstat(path)
     st = os.stat(path) if stat.S_ISLNK(lst.st_mode) else lst
@@ -1920,7 +1920,7 @@ def atomic_write_bytes(path: str, data: bytes, mode: int = 0o600) -> None:
 
 def _pid_alive(pid: int) -> bool:
     """True if a process with this pid exists (Windows: assume it does)."""
-    if os.name == "nt":
+    if sys.platform == "win32":
         return True
     try:
         os.kill(pid, 0)
@@ -1983,7 +1983,7 @@ class FileLock:
     def _open(self) -> int:
         import errno
 
-        if os.name != "nt" and os.path.isdir(self.path) and not os.path.islink(self.path):
+        if sys.platform != "win32" and os.path.isdir(self.path) and not os.path.islink(self.path):
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
             why = _untrusted(os.fstat(fd), self.path)
             if why:
@@ -2000,7 +2000,7 @@ class FileLock:
 
     def _try_lock(self) -> bool:
         try:
-            if os.name == "nt":
+            if sys.platform == "win32":
                 import msvcrt
 
                 msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined,unused-ignore]
@@ -2014,7 +2014,7 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            if os.name == "nt":
+            if sys.platform == "win32":
                 import msvcrt
 
                 msvcrt.locking(self.fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined,unused-ignore]
@@ -3887,7 +3887,7 @@ class Setup:
         if self.aws_env:
             use_aws_env(self.env, self.aws_env, home)
         self.cache = cache_dir(environ, home)
-        self.windows = os.name == "nt"
+        self.windows = sys.platform == "win32"
         self.when = time.strftime("%Y-%m-%d %H:%M:%S")
         self._aws: Aws | None = None
 
@@ -4434,7 +4434,7 @@ def setup_key(s: Setup) -> str | None:
         elif not s.dry_run:
             atomic_write(pub, derived + "\n", 0o644)
             log(f"  wrote the missing public key {pub}")
-    if os.name != "nt" and not s.dry_run:
+    if sys.platform != "win32" and not s.dry_run:
         for path, mode in ((priv, 0o600), (pub, 0o644)):
             if os.path.exists(path) and os.stat(path).st_mode & 0o777 & ~mode:
                 os.chmod(path, mode)
@@ -4458,7 +4458,7 @@ def run_op(op: str, args: list[str], env: dict[str, str]) -> str:
 
 def op_agent_socket(home: str) -> tuple[str, bool]:
     """The 1Password SSH agent socket to name in IdentityAgent, and whether it exists ('' on Windows)."""
-    if os.name == "nt":
+    if sys.platform == "win32":
         return "", os.path.exists(OP_AGENT_PIPE)
     candidates = [os.path.join(home, p[2:]) for p in OP_AGENT_SOCKETS]
     for path in candidates:
@@ -4607,7 +4607,7 @@ def setup_op_key(s: Setup) -> str | None:
         ensure_private_dir(s.ssh_dir)
         atomic_write(pub, public + "\n", 0o644)
         log(f"  exported the public key to {pub} (the private key stays in 1Password)")
-    linked = None if s.dry_run or os.name == "nt" else op_agent_link(s.home, sys.platform)
+    linked = None if s.dry_run or sys.platform == "win32" else op_agent_link(s.home, sys.platform)
     agent, exists = (linked, True) if linked else op_agent_socket(s.home)
     if not exists:
         log(
@@ -5277,11 +5277,11 @@ def doctor_target(
 def doctor_key_facts(ssh_dir: str, key: str, keygen: str | None) -> dict[str, Any]:
     """The key pair: which files exist, loose permissions, and whether the public key matches."""
     priv, pub = os.path.join(ssh_dir, key), os.path.join(ssh_dir, key + ".pub")
-    mode = os.stat(ssh_dir).st_mode & 0o777 if os.name != "nt" and os.path.isdir(ssh_dir) else None
+    mode = os.stat(ssh_dir).st_mode & 0o777 if sys.platform != "win32" and os.path.isdir(ssh_dir) else None
     facts: dict[str, Any] = dict(
         ssh_dir_mode=mode, priv=priv, pub=pub, pub_exists=os.path.exists(pub), priv_exists=os.path.exists(priv)
     )
-    loose = bool(os.name != "nt" and facts["priv_exists"] and os.stat(priv).st_mode & 0o077)
+    loose = bool(sys.platform != "win32" and facts["priv_exists"] and os.stat(priv).st_mode & 0o077)
     matches = None
     if facts["pub_exists"] and facts["priv_exists"] and keygen and not loose:
         derived = run_cmd([keygen, "-y", "-P", "", "-f", priv], timeout=30).stdout.strip()
@@ -5294,7 +5294,10 @@ def doctor_key_facts(ssh_dir: str, key: str, keygen: str | None) -> dict[str, An
 
 
 def cache_dir_stat(path: str) -> dict[str, int] | None:
-    """Owner and mode of the cache dir and, for a symlink, of the link itself (None when missing)."""
+    """Owner and mode of the cache dir and, for a symlink, of the link itself (None when missing;
+    always on Windows, where doctor looks at no cache dir)."""
+    if sys.platform == "win32":
+        return None
     import stat
 
     try:
@@ -5379,9 +5382,9 @@ def gather_doctor_facts(args: argparse.Namespace, environ: Mapping[str, str]) ->
             if unfit:
                 f.proxy_python += ((str(info["pattern"]), unfit),)
     f.ssh_refusal = ssh_config_refusal(f.ssh_path, f.main_config, config_path, parsed, args.target)
-    f.control = os.path.join(home, ".ssh", "control") if os.name != "nt" else None
+    f.control = os.path.join(home, ".ssh", "control") if sys.platform != "win32" else None
     f.control_exists = bool(f.control and os.path.isdir(f.control))
-    f.cache = cache_dir(environ, home) if os.name != "nt" else None
+    f.cache = cache_dir(environ, home) if sys.platform != "win32" else None
     f.cache_stat = cache_dir_stat(f.cache) if f.cache else None
     config_text = read_text(config_path) if parsed is not None else ""
     f.patterns = editor_patterns(config_prefix(config_text) or default_host_prefix(sys.argv[0]))

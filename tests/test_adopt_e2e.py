@@ -8,78 +8,21 @@ host before and after (only the ProxyCommand's program may change), and a real l
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from conftest import ROOT, skip_or_fail
-from rig import Home, Rig, ssh_config_argv
+from helpers import cli, ssh_g, ssh_ok, write_original
+from rig import Home, Rig
 
-ORIGINAL_PYTHON = ROOT / ".venv-original" / "bin" / "python"
-# Runs in the original's venv with HOME set to the test's home: CloudXSetup.setup_ssh_config is what
-# its `setup` calls to write ~/.ssh/cloudX/config and the Include in ~/.ssh/config.
-WRITE_CONFIG = """
-import json, sys
-from cloudx_proxy.setup import CloudXSetup
-for c in json.loads(sys.argv[1]):
-    s = CloudXSetup(profile=c["profile"], ssh_key=c["key"], aws_env=c["aws_env"], ssh_host_prefix="cloudx",
-                    non_interactive=True)
-    assert s.setup_ssh_config(c["env"], c["iid"], c["host"])
-"""
 FORWARD = "    LocalForward 8080 localhost:80   # the user's own line\n"
 MYBOX = "Host mybox\n\tHostName 192.0.2.10\n\tUser me\n"
 OTHER_IID = "i-0123456789abcdef2"  # only resolved with ssh -G, never connected
 
 
-@pytest.fixture(scope="session")
-def original() -> Path:
-    """The python of the venv holding PyPI cloudx-proxy 0.17.6."""
-    if not ORIGINAL_PYTHON.exists():
-        skip_or_fail(f"{ORIGINAL_PYTHON} missing (.ci/run installs tests/requirements-original.txt there)")
-    return ORIGINAL_PYTHON
-
-
-def write_original(python: Path, home: Home, *hosts: dict[str, str | None]) -> None:
-    """Let the original's own setup code write the config for these hosts (cwd outside the repo, -I)."""
-    calls = [{"profile": "cloudX", "key": "cloudX", "aws_env": None, **h} for h in hosts]
-    subprocess.run(
-        [str(python), "-I", "-c", WRITE_CONFIG, json.dumps(calls)],
-        env={"HOME": str(home.path), "PATH": "/usr/bin:/bin"},
-        cwd=home.path,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
-def run(rig: Rig, home: Home, pyz: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python pyz ARGS` with the rig's environment, no terminal."""
-    return subprocess.run(
-        [sys.executable, str(pyz), *args],
-        env=rig.env(home),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
-def ssh_g(config: Path, hosts: list[str]) -> dict[str, dict[str, list[str]]]:
+def resolve_all(config: Path, hosts: list[str]) -> dict[str, dict[str, list[str]]]:
     """What ssh resolves for each host from this config: keyword -> values, as `ssh -G` prints them."""
-    resolved = {}
-    for host in hosts:
-        out = subprocess.run(
-            ["ssh", "-G", "-F", str(config), host], capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL
-        ).stdout
-        values: dict[str, list[str]] = {}
-        for line in out.splitlines():
-            key, _, value = line.partition(" ")
-            values.setdefault(key, []).append(value)
-        resolved[host] = values
-    return resolved
+    return {host: ssh_g(config, host) for host in hosts}
 
 
 def proxy_tail(command: str) -> str:
@@ -113,12 +56,6 @@ def duplicated(text: str) -> set[str]:
     return {p for p in patterns if patterns.count(p) > 1}
 
 
-def ssh_ok(rig: Rig, home: Home, config: Path, host: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ssh_config_argv(home, config, host, "echo ok"), env=rig.env(home), capture_output=True, text=True, timeout=120
-    )
-
-
 def test_setup_adopts_the_config_the_original_wrote(rig: Rig, home: Home, pyz: Path, original: Path) -> None:
     web, db = rig.add_instance(tags={"Name": "web"}), rig.add_instance()
     config = home.ssh_dir / "config"
@@ -137,9 +74,9 @@ def test_setup_adopts_the_config_the_original_wrote(rig: Rig, home: Home, pyz: P
     )
     config.write_text(text)
     hosts = ["cloudx-dev-web", "cloudx-dev-db", "cloudx-prod-api", "cloudX-dev-web", "mybox"]
-    before = ssh_g(config, hosts)
+    before = resolve_all(config, hosts)
 
-    dry = run(
+    dry = cli(
         rig, home, pyz, "setup", "--profile", "cloudX", "--instance", web, "--hostname", "web", "--yes", "--dry-run"
     )
     assert dry.returncode == 0, dry.stderr
@@ -148,7 +85,7 @@ def test_setup_adopts_the_config_the_original_wrote(rig: Rig, home: Home, pyz: P
     assert "adopting Host cloudx-dev-* cloudX-dev-*" in dry.stderr and config.read_text() == text
 
     rig.clear_calls()
-    res = run(rig, home, pyz, "setup", "--profile", "cloudX", "--instance", web, "--hostname", "web", "--yes")
+    res = cli(rig, home, pyz, "setup", "--profile", "cloudX", "--instance", web, "--hostname", "web", "--yes")
     assert res.returncode == 0, res.stderr
     assert "ssh cloudx-dev-web\n" in res.stdout, "the host keeps its name (and its case)"
     assert "Adopted the configuration PyPI cloudx-proxy wrote" in res.stdout
@@ -160,27 +97,27 @@ def test_setup_adopts_the_config_the_original_wrote(rig: Rig, home: Home, pyz: P
     assert adopted.count("# Configuration type: ") == 3, "generic, dev and prod banners are ours now"
     assert "uvx" not in adopted, "every environment is adopted, not only the one setup ran for"
     assert f"{pyz} connect %h %p --aws-env work --profile ops --ssh-key opskey --user %r\n" in adopted
-    assert_same_but_program(before, ssh_g(config, hosts), pyz)
+    assert_same_but_program(before, resolve_all(config, hosts), pyz)
 
     login = ssh_ok(rig, home, config, "cloudx-dev-web")
     assert login.returncode == 0 and login.stdout == "ok\n", login.stderr
     assert {c["os_user"] for c in rig.calls("SendSSHPublicKey")} == {"ec2-user"}, "pushed for %r = ec2-user"
 
-    again = run(rig, home, pyz, "setup", "--profile", "cloudX", "--instance", web, "--hostname", "web", "--yes")
+    again = cli(rig, home, pyz, "setup", "--profile", "cloudX", "--instance", web, "--hostname", "web", "--yes")
     assert again.returncode == 0, again.stderr
     assert config.read_text() == adopted, "a second run changes nothing"
     main = (home.path / ".ssh" / "config").read_text()
     assert main.count("Include") == 1
 
-    listed = run(rig, home, pyz, "list", "--ssh-config", str(config))
+    listed = cli(rig, home, pyz, "list", "--ssh-config", str(config))
     assert listed.returncode == 0, listed.stderr
     for line in (f"web (cloudx-dev-web, {web})", f"db (cloudx-dev-db, {db})", f"api (cloudx-prod-api, {OTHER_IID})"):
         assert line in listed.stdout, listed.stdout
 
-    resolved = ssh_g(config, hosts)
-    cleaned = run(rig, home, pyz, "cleanup", "--ssh-config", str(config))
+    resolved = resolve_all(config, hosts)
+    cleaned = cli(rig, home, pyz, "cleanup", "--ssh-config", str(config))
     assert cleaned.returncode == 0, cleaned.stderr
-    assert ssh_g(config, hosts) == resolved, "cleanup changes nothing ssh resolves"
+    assert resolve_all(config, hosts) == resolved, "cleanup changes nothing ssh resolves"
     assert FORWARD in config.read_text() and MYBOX in config.read_text()
 
 
@@ -224,10 +161,10 @@ def test_pre_017_layout_new_host_in_a_differently_cased_environment(
     config.write_text(start)
     (home.path / ".ssh" / "config").write_text(f"Include {config}\n")
     hosts = ["cloudx-dev-web", "cloudx-dev-ubu", "cloudX-dev-web", "mybox"]
-    before = ssh_g(config, hosts)
+    before = resolve_all(config, hosts)
     assert before["cloudx-dev-ubu"]["user"] == ["ubuntu"]
 
-    res = run(rig, home, pyz, "setup", "--instance", api, "--environment", "Dev", "--hostname", "api", "--yes")
+    res = cli(rig, home, pyz, "setup", "--instance", api, "--environment", "Dev", "--hostname", "api", "--yes")
     assert res.returncode == 0, res.stderr
     assert "using the existing environment 'dev' (matched 'Dev')" in res.stderr
     text = config.read_text()
@@ -236,7 +173,7 @@ def test_pre_017_layout_new_host_in_a_differently_cased_environment(
     assert text.index("Host cloudx-dev-ubu\n    H") < text.index("Host cloudX-dev-api\n") < text.index("Host mybox")
     assert FORWARD in text and text.startswith(UBUNTU)
     assert duplicated(text) == duplicated(start) == {"cloudx-dev-ubu"}, "only the user's own pair"
-    after = ssh_g(config, hosts)
+    after = resolve_all(config, hosts)
     # The wildcard lines now carry both spellings (as 0.17.4+ writes them): cloudX-dev-web gets our settings.
     assert after.pop("cloudX-dev-web")["proxycommand"] == after["cloudx-dev-web"]["proxycommand"]
     assert_same_but_program({h: v for h, v in before.items() if h != "cloudX-dev-web"}, after, pyz)
@@ -249,13 +186,13 @@ def test_pre_017_layout_new_host_in_a_differently_cased_environment(
     assert [c["os_user"] for c in rig.calls("SendSSHPublicKey")] == ["ubuntu"]
     assert home.pub.read_text().split()[1] in (rig.keys_root / ubu / "ubuntu").read_text()
 
-    resolved = ssh_g(config, hosts + ["cloudX-dev-api"])
-    cleaned = run(rig, home, pyz, "cleanup", "--ssh-config", str(config))
+    resolved = resolve_all(config, hosts + ["cloudX-dev-api"])
+    cleaned = cli(rig, home, pyz, "cleanup", "--ssh-config", str(config))
     assert cleaned.returncode == 0, cleaned.stderr
     after = config.read_text()
-    assert ssh_g(config, hosts + ["cloudX-dev-api"]) == resolved, "cleanup changes nothing ssh resolves"
+    assert resolve_all(config, hosts + ["cloudX-dev-api"]) == resolved, "cleanup changes nothing ssh resolves"
     assert after.index(UBUNTU) < after.index("Host cloudX-* cloudx-*\n"), "the User block that came first stays first"
-    listed = run(rig, home, pyz, "list", "--ssh-config", str(config))
+    listed = cli(rig, home, pyz, "list", "--ssh-config", str(config))
     names = {"web": "cloudx-dev-web", "api": "cloudX-dev-api", "ubu": "cloudx-dev-ubu"}
     assert all(f"{h} ({n}" in listed.stdout for h, n in names.items()), listed.stdout
 
@@ -265,16 +202,16 @@ def test_cleanup_converts_the_prefix_spelling(rig: Rig, home: Home, pyz: Path, o
     write_original(original, home, {"env": "dev", "iid": OTHER_IID, "host": "web"})
     config = home.ssh_dir / "config"
     hosts = ["cloudx-dev-web", "cloudX-dev-web"]
-    before = ssh_g(config, hosts)
-    res = run(rig, home, pyz, "cleanup", "--ssh-config", str(config), "--ssh-host-prefix", "cloudX")
+    before = resolve_all(config, hosts)
+    res = cli(rig, home, pyz, "cleanup", "--ssh-config", str(config), "--ssh-host-prefix", "cloudX")
     assert res.returncode == 0, res.stderr
     text = config.read_text()
     assert "Host cloudX-* cloudx-*\n" in text and "Host cloudX-dev-* cloudx-dev-*\n" in text
     assert "Host cloudx-dev-web\n" in text and "uvx cloudX-proxy connect %h %p" in text
-    after = ssh_g(config, hosts)
+    after = resolve_all(config, hosts)
     for host in hosts:
         assert {k: v for k, v in after[host].items() if k != "proxycommand"} == {
             k: v for k, v in before[host].items() if k != "proxycommand"
         }
-    bad = run(rig, home, pyz, "cleanup", "--ssh-config", str(config), "--ssh-host-prefix", "-x")
+    bad = cli(rig, home, pyz, "cleanup", "--ssh-config", str(config), "--ssh-host-prefix", "-x")
     assert bad.returncode == 2 and config.read_text() == text

@@ -17,27 +17,10 @@ from pathlib import Path
 
 import pytest
 from conftest import skip_or_fail
+from helpers import actions, find_python, live, live_pids, ssh
 from rig import Home, Rig, cmdline, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def ssh(
-    rig: Rig,
-    home: Home,
-    pyz: Path,
-    iid: str,
-    *remote: str,
-    aws: str = "v1",
-    args: str = "",
-    env: dict[str, str] | None = None,
-    timeout: float = 120,
-    python: str = sys.executable,
-) -> subprocess.CompletedProcess[str]:
-    """Run `ssh IID REMOTE...` with our zipapp as the ProxyCommand."""
-    proxy = f"{python} {pyz} connect %h %p {args}".strip()
-    argv = rig.ssh_argv(home, iid, proxy, *remote)
-    return subprocess.run(argv, env=env or rig.env(home, aws), capture_output=True, text=True, timeout=timeout)
 
 
 def connect(
@@ -72,17 +55,6 @@ def ssh_released(
             proc.kill()
             proc.communicate()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def actions(rig: Rig) -> list[str]:
-    return [c["action"] for c in rig.calls()]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-    rig.clear_plugin_calls()
 
 
 # --- warm path ---------------------------------------------------------------
@@ -202,38 +174,34 @@ def test_scp_round_trip_with_checksum(rig: Rig, home: Home, pyz: Path, tmp_path:
 def test_during_a_session_the_proxy_pid_is_the_plugin(rig: Rig, home: Home, pyz: Path, aws_variant: str) -> None:
     """The process ssh started execs the real plugin: no python or aws process of the connect stays."""
     iid = rig.add_instance()
-    argv = rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", "echo ready; sleep 4")
+    # the session lasts until the test closes ssh's stdin, however long the checks take under load
+    argv = rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", "echo ready; cat >/dev/null")
     proc = subprocess.Popen(
-        argv, env=rig.env(home, aws_variant), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        env=rig.env(home, aws_variant),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline() == "ready\n"
-        tree = [p for p in descendants(proc.pid) if not _zombie(p)]
+        tree = live(descendants(proc.pid))
         assert len(tree) == 1, [cmdline(p) for p in tree]
         assert "session-manager-plugin" in cmdline(tree[0]) and f'"Target": "{iid}"' in cmdline(tree[0])
         (call,) = rig.plugin_calls()
         assert call["pid"] == tree[0] and call["ppid"] == proc.pid, "the plugin runs in the pid ssh started"
         assert call["form"] == ("env" if aws_variant == "v1" else "arg"), "as this aws CLI passes the answer"
         ours = [
-            p for p in _live_pids()
+            p for p in live_pids()
             if p != proc.pid and (str(pyz) in cmdline(p) or ("start-session" in cmdline(p) and iid in cmdline(p)))
         ]  # fmt: skip
         assert ours == [], [cmdline(p) for p in ours]
     finally:
+        proc.stdin.close()  # the remote `cat` ends, and the session with it
         proc.wait(timeout=30)
     assert proc.returncode == 0
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def _live_pids() -> list[int]:
-    return [int(e) for e in os.listdir("/proc") if e.isdigit() and not _zombie(int(e))]
 
 
 # --- cold path -----------------------------------------------------------------
@@ -491,9 +459,10 @@ def test_zipapp_runs_on_each_python(pyz: Path, tmp_path: Path, version: str) -> 
     exe = find_python(version)
     if not exe:
         skip_or_fail(f"python{version} not installed")
+    assert exe is not None
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     res = subprocess.run(
-        [exe, str(pyz), "connect", "i-0123456789abcdef0", "--dry-run"],
+        [str(exe), str(pyz), "connect", "i-0123456789abcdef0", "--dry-run"],
         env=env,
         capture_output=True,
         text=True,
@@ -501,19 +470,8 @@ def test_zipapp_runs_on_each_python(pyz: Path, tmp_path: Path, version: str) -> 
     )
     assert res.returncode == 0, res.stderr
     assert "start-session" in res.stderr
-    bad = subprocess.run([exe, str(pyz), "connect", "i-1"], env=env, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([str(exe), str(pyz), "connect", "i-1"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
-
-
-def find_python(version: str) -> str | None:
-    """A real interpreter for a version (pyenv's shims refuse versions not selected)."""
-    import shutil
-
-    pyenv = sorted(Path(os.path.expanduser("~/.pyenv/versions")).glob(f"{version}.*/bin/python{version}"))
-    if pyenv:
-        return str(pyenv[-1])
-    found = shutil.which(f"python{version}")
-    return found if found and "/shims/" not in found else None
 
 
 def test_verbose_output_has_no_secrets(rig: Rig, home: Home, pyz: Path) -> None:

@@ -1,24 +1,26 @@
-"""Crash safety of the files setup/cleanup write: kill -9 at random moments, and at chosen ones.
+"""Crash safety of the files setup/cleanup write: a SIGKILL at every step of a write, and at chosen ones.
 
 update_file() backs the file up, writes a temp file in the same directory, fsyncs it and renames it over
 the target. Whatever the moment of a SIGKILL, the target must be byte-identical to the old or the new
 version (never partial), PATH.bak must hold an earlier version once a write happened, and a killed run
 must leave at most harmless temp files ('.tmp-*~', counted and reported) that the next run survives.
 
-No AWS is involved: a driver process calls cp.update_file() in a loop on ~200 KB files, and the real
-`cloudx_proxy.py cleanup` rewrites a ~200 KB config in a temporary HOME.
+The moments are not left to chance: a process counts the file operations the write makes (os.open,
+each data write, which it cuts in half, os.fsync, os.chmod, os.replace, os.unlink) and SIGKILLs itself
+at the Nth, for every N from the first to the last, so every kill lands inside the write and each step
+is hit once. No AWS is involved: cp.update_file() on ~200 KB files, and the real `cleanup` command
+rewriting a ~200 KB config in a temporary HOME.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import re
-import selectors
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import cloudx_proxy as cp  # noqa: E402
 
-KILLS = 40
 BANNER_RE = re.compile(rb"^(# Created by cloudX-proxy v\S+ on ).*$", re.M)
 
 # Loops cp.update_file() on PATH, alternating two contents; '.' on stdout after each completed write.
@@ -76,6 +77,93 @@ while True:
 """
 
 
+# Imported first by a process under test (PYTHONPATH): numbers the file operations of the write and
+# SIGKILLs the process at step CRASH_AT (0: never). Each step's name is appended to CRASH_TRACE.
+# A data write is cut in two and the kill falls between the halves: a half-written temp file.
+CRASH_HOOKS = r"""
+import os, signal
+
+_at = int(os.environ.get("CRASH_AT") or 0)
+_trace = os.environ.get("CRASH_TRACE")
+_step = 0
+
+
+def _point(name, arg=""):
+    global _step
+    _step += 1
+    if _trace:
+        with _real_open_file(_trace, "a") as f:
+            f.write(f"{name} {os.path.basename(str(arg))}\n")
+    if _step == _at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_real_open_file = open
+
+
+def _hook(name):
+    real = getattr(os, name)
+
+    def hooked(*args, **kwargs):
+        _point(name, args[-1] if name == "replace" else args[0] if args else "")
+        result = real(*args, **kwargs)
+        if name == "replace":  # the moment right after a rename, too
+            _point("replaced", args[-1])
+        return result
+
+    setattr(os, name, hooked)
+
+
+for _name in ("open", "fsync", "chmod", "replace", "unlink"):
+    _hook(_name)
+
+
+class _HalfWrites:
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        half = len(data) // 2
+        self._f.write(data[:half])
+        self._f.flush()
+        _point("write-half", self._f.name)
+        return half + self._f.write(data[half:])
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._f.__exit__(*exc)
+
+
+_real_fdopen = os.fdopen
+
+
+def _fdopen(fd, mode="r", *args, **kwargs):
+    f = _real_fdopen(fd, mode, *args, **kwargs)
+    return _HalfWrites(f) if "w" in mode else f
+
+
+os.fdopen = _fdopen
+"""
+
+# Two writes by cp.update_file() (the first backs up to PATH.bak, the second to PATH.bak-<time>).
+UPDATE_TWICE = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import cloudx_proxy as cp
+
+path, cache, a_file, b_file = sys.argv[2:6]
+A = open(a_file, encoding="utf-8", newline="").read()
+B = open(b_file, encoding="utf-8", newline="").read()
+for _ in range(2):
+    cp.update_file(path, lambda old: B if old == A else A, cache)
+"""
+
+
 def big_config(tag: str, kb: int = 200) -> str:
     """An ~kb KB ssh config of foreign Host blocks (distinct per tag)."""
     blocks, i = [], 0
@@ -99,17 +187,6 @@ def kill_and_reap(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
         pass
     out, err = proc.communicate(timeout=30)
     return out, err
-
-
-def wait_ready(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    try:
-        assert sel.select(timeout), "the driver never became ready"
-        assert proc.stdout.readline() == b"ready\n", "the driver died before it was ready"
-    finally:
-        sel.close()
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -139,58 +216,89 @@ def driver_argv(f: dict[str, Path], fault: str = "none") -> list[str]:
     return [sys.executable, str(f["tmp"] / "driver.py"), *map(str, args)]
 
 
-def test_update_file_survives_kill_9_at_random_moments(files: dict[str, Path]) -> None:
-    seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
+def crash_env(tmp: Path, at: int, trace: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a process that is SIGKILLed at file operation `at` (0: never)."""
+    hooks = tmp / "hooks"
+    if not hooks.is_dir():
+        hooks.mkdir()
+        (hooks / "crash_hooks.py").write_text(CRASH_HOOKS, encoding="utf-8")
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "CRASH_AT": str(at), **extra}
+    env["PYTHONPATH"] = str(hooks)
+    if trace is not None:
+        env["CRASH_TRACE"] = str(trace)
+    return env
+
+
+def crash_steps(argv: list[str], tmp: Path, reset: Callable[[], None], **extra: str) -> list[str]:
+    """The file operations one uninterrupted run makes, in order (each a crash point)."""
+    reset()
+    trace = tmp / "trace"
+    trace.unlink(missing_ok=True)
+    run = subprocess.run(argv, env=crash_env(tmp, 0, trace, **extra), capture_output=True, timeout=60, cwd="/")
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    return trace.read_text().splitlines()
+
+
+def crash_at(argv: list[str], tmp: Path, at: int, **extra: str) -> subprocess.CompletedProcess[bytes]:
+    """Run argv, SIGKILLed by itself at file operation `at`; it must have died there."""
+    run = subprocess.run(argv, env=crash_env(tmp, at, **extra), capture_output=True, timeout=60, cwd="/")
+    assert run.returncode == -signal.SIGKILL, (at, run.returncode, run.stderr.decode(errors="replace"))
+    return run
+
+
+def test_update_file_survives_kill_9_at_every_step(files: dict[str, Path]) -> None:
     a, b = files["a"].read_bytes(), files["b"].read_bytes()
-    target = files["target"]
-    writes = kills_mid_write = stray_before = 0
-    wrote = False
+    target, tmp = files["target"], files["tmp"]
+    (tmp / "update.py").write_text("import crash_hooks\n" + UPDATE_TWICE, encoding="utf-8")
+    argv = [
+        sys.executable,
+        str(tmp / "update.py"),
+        str(ROOT),
+        str(target),
+        str(tmp / "cache"),
+        str(files["a"]),
+        str(files["b"]),
+    ]
+
+    def reset() -> None:
+        for p in files["dir"].iterdir():
+            p.unlink()
+        target.write_bytes(a)
+        os.chmod(target, 0o600)
+
+    steps = crash_steps(argv, tmp, reset)
+    assert target.read_bytes() == a and set(backups(target)) >= {"config.bak"}, "two writes: B, then A again"
+    assert sum(s.startswith("write-half") for s in steps) == 4, f"a backup and the config, twice: {steps}"
     outcome = {"old": 0, "new": 0}
-    bad_backups: set[str] = set()
+    half_written_temps = 0
     began = time.monotonic()
-    for i in range(KILLS):
-        before = target.read_bytes()
-        proc = start(driver_argv(files))
-        try:
-            wait_ready(proc)
-            time.sleep(rng.uniform(0, 0.030))
-            assert proc.poll() is None, "the driver stopped by itself"
-        finally:
-            out, err = kill_and_reap(proc)
-        where = f"kill {i + 1} (seed {seed})"
-        assert b"Traceback" not in err and err == b"", f"{where}: {err.decode(errors='replace')}"
-        done = out.count(b".")
-        writes += done
+    for at in range(1, len(steps) + 1):
+        reset()
+        crash_at(argv, tmp, at)
+        where = f"killed at step {at} of {len(steps)} ({steps[at - 1]})"
         now = target.read_bytes()
         assert now in (a, b), f"{where}: the target is neither version ({len(now)} bytes)"
-        outcome["old" if now == before else "new"] += 1
-        assert target.is_file() and not target.is_symlink() and os.stat(target).st_mode & 0o777 == 0o600
-        wrote = wrote or writes > 0 or now != a
-        if wrote:  # the first write backed up the first version
-            saved = backups(target)
-            assert saved.get("config.bak") == a, f"{where}: config.bak is not the version before the first write"
-            bad_backups |= {name for name, data in saved.items() if data not in (a, b)}
+        outcome["old" if now == a else "new"] += 1
+        assert target.is_file() and not target.is_symlink() and os.stat(target).st_mode & 0o777 == 0o600, where
+        saved = backups(target)
+        bad = {name: len(data) for name, data in saved.items() if data not in (a, b)}
+        assert not bad, f"{where}: backups that hold no whole version: {bad}"
+        if "config.bak" in saved:
+            assert saved["config.bak"] == a, f"{where}: config.bak is not the version before the first write"
         stray = leftovers(files["dir"])
-        assert "config" not in stray
-        kills_mid_write += len(stray) > stray_before
-        stray_before = len(stray)
-    # A run that is not killed still works next to the leftovers, and writes.
-    _, new = cp.update_file(
-        str(target), lambda old: b.decode() if old == a.decode() else a.decode(), str(files["tmp"] / "cache")
-    )
-    assert new is not None and target.read_bytes() == new.encode()
-    stray = leftovers(files["dir"])
-    corrupt_now = {name: len(data) for name, data in backups(target).items() if data not in (a, b)}
+        half_written_temps += any((files["dir"] / n).read_bytes() not in (a, b) for n in stray)
+        # the next run is not disturbed by what the killed one left, and removes the config's temp files
+        _, new = cp.update_file(
+            str(target), lambda old: b.decode() if old == a.decode() else a.decode(), str(tmp / "cache")
+        )
+        assert new is not None and target.read_bytes() == new.encode(), where
+        assert not [n for n in leftovers(files["dir"]) if n.startswith(".tmp-config-")], where
     print(
-        f"\nupdate_file: {KILLS} kills in {time.monotonic() - began:.1f}s (seed {seed}), {writes} writes completed, "
-        f"target old/new after kill {outcome['old']}/{outcome['new']}, {kills_mid_write} kills inside atomic_write "
-        f"left {len(stray)} temp files, {len(backups(target))} backups; seen corrupt after a kill: "
-        f"{sorted(bad_backups) or 'none'}; still corrupt at the end: {corrupt_now or 'none'}"
+        f"\nupdate_file: {len(steps)} kills, one at each step, in {time.monotonic() - began:.1f}s; target old/new "
+        f"after a kill {outcome['old']}/{outcome['new']}; {half_written_temps} kills left a half-written temp file"
     )
-    assert not bad_backups, (
-        f"backups that held no earlier version after a kill (killed mid-copy): {sorted(bad_backups)}"
-    )
+    assert outcome["old"] and outcome["new"], "kills before and after the first rename"
+    assert half_written_temps == 4, "each of the four data writes was cut in half by a kill"
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="the fault injection reads /proc/self/fd")
@@ -263,9 +371,7 @@ def normalized(data: bytes) -> bytes:
     return BANNER_RE.sub(rb"\1WHEN", data)
 
 
-def test_cleanup_survives_kill_9_at_random_moments(tmp_path: Path) -> None:
-    seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
+def test_cleanup_survives_kill_9_at_every_step(tmp_path: Path) -> None:
     home = tmp_path / "home"
     ssh_dir = home / ".ssh" / "cloudX"
     ssh_dir.mkdir(parents=True, mode=0o700)
@@ -273,51 +379,44 @@ def test_cleanup_survives_kill_9_at_random_moments(tmp_path: Path) -> None:
     old = messy_config().encode()
     new, dropped = cp.canonical_config(old.decode(), "WHEN")
     assert dropped and normalized(new.encode()) != normalized(old), "cleanup has something to do"
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-    argv = [sys.executable, str(ROOT / "cloudx_proxy.py"), "cleanup"]
+    run_cleanup = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import crash_hooks, cloudx_proxy as cp; sys.exit(cp.main(['cleanup']))"
+    argv = [sys.executable, "-c", run_cleanup]
 
     def reset() -> None:
+        for p in ssh_dir.iterdir():
+            p.unlink()
         target.write_bytes(old)
         os.chmod(target, 0o600)
 
-    # One full run to time it: kills land anywhere from start-up to exit (and a little after).
-    reset()
-    began = time.monotonic()
-    full = subprocess.run(argv, env=env, capture_output=True, timeout=60, start_new_session=True)
-    span = time.monotonic() - began
-    assert full.returncode == 0, full.stderr.decode(errors="replace")
+    steps = crash_steps(argv, tmp_path, reset, HOME=str(home))
     assert normalized(target.read_bytes()) == normalized(new.encode())
     assert backups(target) == {"config.bak": old}
-
+    assert sum(s.startswith("write-half") for s in steps) == 2, f"the backup and the config: {steps}"
     outcome = {"old": 0, "new": 0}
-    bad_backups: set[str] = set()
+    half_written_temps = 0
     began = time.monotonic()
-    for i in range(KILLS):
+    for at in range(1, len(steps) + 1):
         reset()
-        proc = start(argv, env)
-        try:
-            time.sleep(rng.uniform(0, span * 1.2))
-        finally:
-            out, err = kill_and_reap(proc)
-        where = f"kill {i + 1} (seed {seed})"
-        assert b"Traceback" not in err, f"{where}: {err.decode(errors='replace')}"
+        crash_at(argv, tmp_path, at, HOME=str(home))
+        where = f"killed at step {at} of {len(steps)} ({steps[at - 1]})"
         now = target.read_bytes()
         if now == old:
             outcome["old"] += 1
         else:
             assert normalized(now) == normalized(new.encode()), f"{where}: the config is neither version"
             outcome["new"] += 1
-        assert os.stat(target).st_mode & 0o777 == 0o600
+        assert os.stat(target).st_mode & 0o777 == 0o600, where
         saved = backups(target)
-        assert saved.get("config.bak") == old, f"{where}: config.bak changed"
-        bad_backups |= {name for name, data in saved.items() if data != old}
+        assert set(saved) <= {"config.bak"} and saved.get("config.bak", old) == old, f"{where}: {sorted(saved)}"
+        whole = (normalized(old), normalized(new.encode()))
+        half_written_temps += any(normalized((ssh_dir / n).read_bytes()) not in whole for n in leftovers(ssh_dir))
         assert "config" not in leftovers(ssh_dir)
     reset()
-    final = subprocess.run(argv, env=env, capture_output=True, timeout=60, start_new_session=True)
+    final = subprocess.run(argv, env=crash_env(tmp_path, 0, HOME=str(home)), capture_output=True, timeout=60, cwd="/")
     assert final.returncode == 0, final.stderr.decode(errors="replace")
     print(
-        f"\ncleanup: {KILLS} kills in {time.monotonic() - began:.1f}s (seed {seed}, run {span * 1000:.0f} ms), "
-        f"config old/new after kill {outcome['old']}/{outcome['new']}, "
-        f"{len(leftovers(ssh_dir))} leftover temp files, corrupt backups: {sorted(bad_backups) or 'none'}"
+        f"\ncleanup: {len(steps)} kills, one at each step, in {time.monotonic() - began:.1f}s; config old/new "
+        f"after a kill {outcome['old']}/{outcome['new']}; {half_written_temps} kills left a half-written temp file"
     )
-    assert not bad_backups, f"backups that hold no earlier version (killed mid-copy): {sorted(bad_backups)}"
+    assert outcome["old"] and outcome["new"], "kills before and after the rename"
+    assert half_written_temps == 2, "both data writes (backup, config) were cut in half by a kill"

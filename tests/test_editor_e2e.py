@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import cli
 from rig import Home, Rig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,21 +29,6 @@ MINE = (
     "    // the end\r\n"
     "}\r\n"
 )
-
-
-def cli(
-    rig: Rig, home: Home, pyz: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run `python pyz ARGS` with the rig's environment and HOME."""
-    return subprocess.run(
-        [sys.executable, str(pyz), *args],
-        env={**rig.env(home), **(env or {})},
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
 
 
 def code_settings(home: Home, text: str | None = MINE, app: str = "Code") -> Path:
@@ -69,12 +55,6 @@ def doctor_lines(rig: Rig, home: Home, pyz: Path, editor: str = "VS Code") -> di
     """doctor's lines about one editor, by check."""
     res = cli(rig, home, pyz, "doctor", "--json")
     return {f["check"]: f["level"] + " " + f["detail"] for f in json.loads(res.stdout) if f["check"].startswith(editor)}
-
-
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
 
 
 def test_setup_applies_the_settings_rerun_changes_nothing_doctor_before_and_after(
@@ -164,7 +144,9 @@ def test_xdg_config_home_is_used(rig: Rig, home: Home, pyz: Path) -> None:
     settings = xdg / "Code" / "User" / "settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text("{}\n")
-    res = cli(rig, home, pyz, "setup", "--instance", rig.add_instance(), "--yes", env={"XDG_CONFIG_HOME": str(xdg)})
+    res = cli(
+        rig, home, pyz, "setup", "--instance", rig.add_instance(), "--yes", extra_env={"XDG_CONFIG_HOME": str(xdg)}
+    )
     assert res.returncode == 0, res.stderr
     assert cp.parse_jsonc(settings.read_text()).value["remote.SSH.serverInstallTimeout"] == 120  # type: ignore[union-attr]
 

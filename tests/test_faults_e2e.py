@@ -10,31 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import actions, ssh
 from rig import Home, Rig
-
-
-def ssh(
-    rig: Rig,
-    home: Home,
-    pyz: Path,
-    iid: str,
-    *remote: str,
-    args: str = "",
-    env: dict[str, str] | None = None,
-    timeout: float = 180,
-) -> subprocess.CompletedProcess[str]:
-    argv = rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p {args}".strip(), *remote)
-    return subprocess.run(argv, env=env or rig.env(home), capture_output=True, text=True, timeout=timeout)
-
-
-def actions(rig: Rig) -> list[str]:
-    return [c["action"] for c in rig.calls()]
-
-
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
 
 
 @pytest.mark.parametrize("code,status", [("ThrottlingException", 400), ("InternalServerError", 500)])

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import GONE_WITHIN, NATURAL_END, actions, live, marked_processes, proc_state, wait_for, wait_gone
 from rig import Home, Rig, cmdline, descendants
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,36 +27,6 @@ import cloudx_proxy as cp  # noqa: E402
 
 def proxy(pyz: Path, args: str = "") -> str:
     return f"{sys.executable} {pyz} connect %h %p {args}".strip()
-
-
-def actions(rig: Rig) -> list[str]:
-    return [c["action"] for c in rig.calls()]
-
-
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
-def live(pids: list[int]) -> list[int]:
-    """The pids that still run (zombies do not: PID 1 here reaps nobody)."""
-    return [p for p in pids if _state(p) not in (None, "Z")]
-
-
-def wait_for(what: str, check, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-    rig.clear_plugin_calls()
 
 
 # --- the stand-in and the guard, under the real /bin/sh --------------------------------
@@ -119,7 +90,7 @@ def test_the_guard_kills_what_is_left_when_its_pipe_closes() -> None:
         guard.close()  # as when we die: the pipe closes
         for k in (kids[0], kids[2]):
             assert k.wait(timeout=10) == -signal.SIGKILL
-        assert _state(guard_pid) is None, "the guard itself is reaped"
+        assert proc_state(guard_pid) is None, "the guard itself is reaped"
     finally:
         for k in kids:
             if k.poll() is None:
@@ -195,18 +166,15 @@ def test_no_real_plugin_is_an_error_before_any_session(rig: Rig, home: Home, pyz
 
 
 # --- whatever kills us, nothing of ours outlives us -------------------------------------
-def _connect_children(rig: Rig, iid: str, ssh_pid: int = 0) -> list[int]:
-    """Live processes naming the instance, but ssh (not ours: it may still be exiting), the rig and us."""
-    skip = {os.getpid(), ssh_pid, *(p.pid for p in rig.procs)}
-    return [
-        int(e) for e in os.listdir("/proc")
-        if e.isdigit() and int(e) not in skip and iid in cmdline(int(e)) and _state(int(e)) not in (None, "Z")
-    ]  # fmt: skip
+def _connect_children(rig: Rig, home: Home, iid: str, ssh_pid: int = 0) -> list[int]:
+    """Live processes naming the instance or HOME (command line or environment), but ssh (not ours:
+    it may still be exiting), the rig and us."""
+    return marked_processes([iid, str(home.path)], skip=[ssh_pid, *(p.pid for p in rig.procs)])
 
 
 def test_a_connect_killed_with_sigkill_leaves_no_aws_process(rig: Rig, home: Home, pyz: Path) -> None:
     iid = rig.add_instance()
-    rig.fault("SendSSHPublicKey", delay=30, count=1)  # the push hangs: its aws process is in flight
+    rig.fault("SendSSHPublicKey", delay=NATURAL_END, count=1)  # the push hangs: its aws process is in flight
     proc = subprocess.Popen(
         rig.ssh_argv(home, iid, proxy(pyz), "true"), env=rig.env(home), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
@@ -218,19 +186,18 @@ def test_a_connect_killed_with_sigkill_leaves_no_aws_process(rig: Rig, home: Hom
         aws = [p for p in descendants(ours[0]) if "send-ssh-public-key" in cmdline(p)]
         assert len(aws) == 1, [cmdline(p) for p in descendants(ours[0])]
         os.kill(ours[0], signal.SIGKILL)  # the OOM killer, timeout -s KILL
-        gone_by = time.monotonic() + 2.0  # every process of the connect (the session beside the push too)
-        while (live(aws) or _connect_children(rig, iid, proc.pid)) and time.monotonic() < gone_by:
-            time.sleep(0.02)
+        # every process of the connect (the session beside the push too); nothing would end them
+        # by itself for NATURAL_END s, so the bound is there for load only
+        left, _ = wait_gone(lambda: live(aws) + _connect_children(rig, home, iid, proc.pid))
         assert not live(aws), "the aws child outlived a SIGKILLed connect"
-        left = _connect_children(rig, iid, proc.pid)
-        assert not left, [cmdline(p) for p in left]
+        assert not left, (f"still running {GONE_WITHIN:.0f} s after the SIGKILL", [cmdline(p) for p in left])
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
 def test_an_orphaned_connect_ends_even_if_its_pipes_stay_open(rig: Rig, home: Home, pyz: Path) -> None:
-    """Where poll() reports no hang-up on a pipe (macOS), our parent going away is the sign: exit within 2 s.
+    """Where poll() reports no hang-up on a pipe (macOS), our parent going away is the sign: exit soon.
 
     Here the pipes stay open (the test holds their other ends), so only the parent check can end us.
     """
@@ -249,12 +216,11 @@ def test_an_orphaned_connect_ends_even_if_its_pipes_stay_open(rig: Rig, home: Ho
         (ours,) = [p for p in descendants(parent.pid) if str(pyz) in cmdline(p)]
         parent.kill()
         parent.wait()
-        gone_by = time.monotonic() + 2.0
-        while live([ours, *_connect_children(rig, iid)]) and time.monotonic() < gone_by:
-            time.sleep(0.02)
-        assert not live([ours]), "the orphaned connect still runs"
-        assert not _connect_children(rig, iid)
-        time.sleep(1.0)
+        # the cold wait would go on for 600 s: the bound is there for load only
+        left, _ = wait_gone(lambda: live([ours]) + _connect_children(rig, home, iid))
+        assert not live([ours]), f"the orphaned connect still runs {GONE_WITHIN:.0f} s after its parent died"
+        assert not left, [cmdline(p) for p in left]
+        # no process with this HOME is left to poll AWS: no window of time to watch the log for
         assert actions(rig).count("SendSSHPublicKey") <= 2, "no more polling"
     finally:
         os.close(w_in)

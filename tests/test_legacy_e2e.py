@@ -10,14 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from helpers import cli, ssh_g_last
 from rig import Home, Rig, ssh_config_argv
-
-
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
 
 
 def legacy_home(rig: Rig, root: Path, pyz: Path, host_id: str) -> tuple[Home, str]:
@@ -48,24 +42,6 @@ def ssh(rig: Rig, home: Home, host: str, env: dict[str, str] | None = None) -> s
     return subprocess.run(argv, env=env or rig.env(home), capture_output=True, text=True, timeout=120)
 
 
-def ssh_g(rig: Rig, home: Home, host: str) -> dict[str, str]:
-    argv = ["ssh", "-G", "-F", str(home.path / ".ssh" / "config"), host]
-    out = subprocess.run(argv, env=rig.env(home), capture_output=True, text=True, timeout=30, check=True).stdout
-    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
-
-
-def cli(rig: Rig, home: Home, pyz: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(pyz), *args],
-        env=rig.env(home),
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
 def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -90,7 +66,7 @@ def test_legacy_hosts_work_before_setup_after_setup_yes_and_after_migrate(rig: R
     assert set((home.path / ".ssh").iterdir()) >= {vscode}
     res = ssh(rig, home, "cloudx-dev-web")
     assert (res.returncode, res.stdout) == (0, "ok\n"), f"the old host still works after setup: {res.stderr}"
-    before = {h: ssh_g(rig, home, h) for h in ("cloudx-dev-web", host)}
+    before = {h: ssh_g_last(home.path / ".ssh" / "config", h, rig.env(home)) for h in ("cloudx-dev-web", host)}
 
     # migrate --dry-run changes nothing; migrate moves it and both hosts keep working
     snapshot = tree(home.path / ".ssh")
@@ -106,7 +82,7 @@ def test_legacy_hosts_work_before_setup_after_setup_yes_and_after_migrate(rig: R
     assert "    # my notes\n    ServerAliveInterval 30\n" in migrated
     assert str(vscode) not in migrated
     for h, old in before.items():
-        now = ssh_g(rig, home, h)
+        now = ssh_g_last(home.path / ".ssh" / "config", h, rig.env(home))
         changed = {k for k in old.keys() | now.keys() if old.get(k) != now.get(k)}
         assert changed <= {"identityfile", "proxycommand"}, (h, changed)
         assert now["identityfile"] == f"{cloudx}/vscode"
@@ -124,7 +100,9 @@ def test_migrate_to_an_odd_target_dir_works_and_injects_nothing(rig: Rig, pyz: P
     res = cli(rig, home, pyz, "migrate", "--target-dir", str(target))
     assert res.returncode == 0, res.stderr
     assert (target / "config").exists() and not (home.path / ".ssh" / "vscode").exists()
-    assert ssh_g(rig, home, "cloudx-dev-web")["identityfile"] == f"{target}/vscode".replace("%", "%%")
+    assert ssh_g_last(home.path / ".ssh" / "config", "cloudx-dev-web", rig.env(home))[
+        "identityfile"
+    ] == f"{target}/vscode".replace("%", "%%")
     res = ssh(rig, home, "cloudx-dev-web")
     assert (res.returncode, res.stdout) == (0, "ok\n"), res.stderr
     assert not pwned.exists(), "nothing in the path ran"

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import cli
 from rig import Home, Rig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -77,30 +78,11 @@ def test_include_position() -> None:
 
 
 # --- end to end --------------------------------------------------------------------
-def run(
-    rig: Rig, home: Home, pyz: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(pyz), *args],
-        env=env or rig.env(home),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-
-
 @pytest.fixture
 def configured(rig: Rig, home: Home, pyz: Path) -> tuple[Home, str]:
     """A HOME after a real setup of one healthy instance (host cloudX-dev-web)."""
     iid = rig.add_instance(tags={"Name": "web", "cloudxuser": "cloudX-dev-alice"})
-    res = run(rig, home, pyz, "setup", "--instance", iid, "--yes")
+    res = cli(rig, home, pyz, "setup", "--instance", iid, "--yes")
     assert res.returncode == 0, res.stderr
     rig.clear_calls()
     return home, iid
@@ -108,17 +90,17 @@ def configured(rig: Rig, home: Home, pyz: Path) -> tuple[Home, str]:
 
 def test_list_after_setup(rig: Rig, configured: tuple[Home, str], pyz: Path) -> None:
     home, iid = configured
-    res = run(rig, home, pyz, "list")
+    res = cli(rig, home, pyz, "list")
     assert res.returncode == 0, res.stderr
     assert f"Environment: dev\n  web (cloudX-dev-web, {iid})\n" in res.stdout
-    data = json.loads(run(rig, home, pyz, "list", "--json").stdout)
+    data = json.loads(cli(rig, home, pyz, "list", "--json").stdout)
     assert data["environments"][0]["hosts"][0]["instance_id"] == iid
     assert data["environments"][0]["profile"] == "cloudX"
     assert rig.calls() == [], "plain list asks AWS nothing"
 
 
 def test_list_without_config(rig: Rig, home: Home, pyz: Path) -> None:
-    res = run(rig, home, pyz, "list")
+    res = cli(rig, home, pyz, "list")
     assert res.returncode == 1
     assert "setup" in res.stderr and res.stdout == ""
 
@@ -130,13 +112,13 @@ def test_list_status_uses_a_constant_number_of_calls(rig: Rig, configured: tuple
     for n in (2, 4):
         while len(ids) < n:
             iid = rig.add_instance()
-            res = run(rig, home, pyz, "setup", "--instance", iid, "--hostname", f"h{len(ids)}", "--yes")
+            res = cli(rig, home, pyz, "setup", "--instance", iid, "--hostname", f"h{len(ids)}", "--yes")
             assert res.returncode == 0, res.stderr
             if len(ids) % 2:
                 rig.moto_client("ec2").stop_instances(InstanceIds=[iid])
             ids.append(iid)
         rig.clear_calls()
-        res = run(rig, home, pyz, "list", "--status", "--json")
+        res = cli(rig, home, pyz, "list", "--status", "--json")
         assert res.returncode == 0, res.stderr
         hosts = [h for e in json.loads(res.stdout)["environments"] for h in e["hosts"]]
         assert {h["instance_id"] for h in hosts} == set(ids)
@@ -147,7 +129,7 @@ def test_list_status_uses_a_constant_number_of_calls(rig: Rig, configured: tuple
 
 def test_doctor_healthy(rig: Rig, configured: tuple[Home, str], pyz: Path) -> None:
     home, _ = configured
-    res = run(rig, home, pyz, "doctor", "cloudX-dev-web")
+    res = cli(rig, home, pyz, "doctor", "cloudX-dev-web")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "FAIL" not in res.stdout.replace(", 0 FAIL", "")
     assert "ok    ssm: PingStatus Online" in res.stdout
@@ -155,7 +137,7 @@ def test_doctor_healthy(rig: Rig, configured: tuple[Home, str], pyz: Path) -> No
     # The cache dir is ours and private; Debian 12's OpenSSH 9.2 carries the CVE-2023-51385 fix.
     assert f"ok    cache dir: {home.path / '.cache' / 'cloudx-proxy'} (0700)" in res.stdout
     assert "ok    ssh version: OpenSSH_" in res.stdout or "warn  ssh version: OpenSSH_" in res.stdout
-    data = json.loads(run(rig, home, pyz, "doctor", "cloudX-dev-web", "--json").stdout)
+    data = json.loads(cli(rig, home, pyz, "doctor", "cloudX-dev-web", "--json").stdout)
     assert {f["check"] for f in data} >= {
         "python",
         "aws",
@@ -168,7 +150,7 @@ def test_doctor_healthy(rig: Rig, configured: tuple[Home, str], pyz: Path) -> No
 
 
 def _doctor(rig: Rig, home: Home, pyz: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return run(rig, home, pyz, "doctor", "cloudX-dev-web", env=env)
+    return cli(rig, home, pyz, "doctor", "cloudX-dev-web", env=env)
 
 
 def test_doctor_plugin_missing(rig: Rig, configured: tuple[Home, str], pyz: Path) -> None:
@@ -215,6 +197,6 @@ def test_doctor_instance_stopped_and_ssm_offline(rig: Rig, configured: tuple[Hom
 
 def test_doctor_wrong_owner_tag(rig: Rig, home: Home, pyz: Path) -> None:
     iid = rig.add_instance(tags={"cloudxuser": "cloudX-dev-bob"})
-    assert run(rig, home, pyz, "setup", "--instance", iid, "--hostname", "web", "--yes").returncode == 0
+    assert cli(rig, home, pyz, "setup", "--instance", iid, "--hostname", "web", "--yes").returncode == 0
     res = _doctor(rig, home, pyz)
     assert "FAIL  cloudxuser tag: the instance belongs to cloudX-dev-bob, you are cloudX-dev-alice" in res.stdout

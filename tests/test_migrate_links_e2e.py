@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, skip_or_fail
+from helpers import cli, ssh_g_last
 from rig import Home, Rig, ssh_config_argv
 
 sys.path.insert(0, str(ROOT))
@@ -29,12 +30,6 @@ s = CloudXSetup(profile="vscode", ssh_key="vscode", ssh_host_prefix="cloudx", no
 assert str(s.ssh_dir).endswith("/.ssh/vscode"), s.ssh_dir
 assert s.setup_ssh_config("dev", sys.argv[1], "web")
 """
-
-
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
 
 
 def dotfiles_home(rig: Rig, root: Path, iid: str, absolute: bool) -> Home:
@@ -72,23 +67,6 @@ def uvx_shim(tmp: Path, pyz: Path) -> Path:
     (bin_dir / "uvx").write_text(f'#!/bin/sh\nshift\nexec {sys.executable} {pyz} "$@"\n')
     (bin_dir / "uvx").chmod(0o755)
     return bin_dir
-
-
-def cli(rig: Rig, home: Home, pyz: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(pyz), *args],
-        env=rig.env(home),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
-def ssh_g(home: Home, host: str) -> dict[str, str]:
-    argv = ["ssh", "-G", "-F", str(home.path / ".ssh" / "config"), host]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
-    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -136,7 +114,7 @@ def test_migrate_keeps_dotfiles_symlinks_resolving(rig: Rig, pyz: Path, tmp_path
     assert (dot / "config").read_text().startswith(f"Include {config}\n")
     text = (dot / "vscode-config").read_text()
     assert str(home.ssh_dir) not in text and "~/.ssh/vscode" not in text
-    resolved = ssh_g(home, "cloudx-dev-web")
+    resolved = ssh_g_last(home.path / ".ssh" / "config", "cloudx-dev-web")
     assert resolved["identityfile"] == str(key)
     assert f"--ssh-dir {target}" in resolved["proxycommand"]
     assert resolved["hostname"] == iid

@@ -9,19 +9,20 @@ from pathlib import Path
 
 import pytest
 from conftest import skip_or_fail
+from helpers import PYENV_VERSIONS, find_python
 from rig import Home, Rig
 
-PYENV = Path("/root/.pyenv/versions")
 TOO_OLD = ["2.7", "3.6", "3.7", "3.8"]
 SUPPORTED = ["3.9", "3.10", "3.11", "3.12", "3.13"]
 
 
 def pyenv_python(version: str) -> Path:
-    """pyenv's interpreter for a version (the machine image has them all; CI too), or skip (fail in CI)."""
-    found = sorted(PYENV.glob(f"{version}.*/bin/python{version}"))
-    if not found:
-        skip_or_fail(f"no Python {version} under {PYENV}")
-    return found[-1]
+    """The interpreter for a version (the machine image's pyenv has them all; CI too), or skip (fail in CI)."""
+    found = find_python(version)
+    if found is None:
+        skip_or_fail(f"no Python {version} under {PYENV_VERSIONS} or on PATH")
+    assert found is not None
+    return found
 
 
 def run(exe: Path, pyz: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:

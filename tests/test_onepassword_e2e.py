@@ -30,12 +30,6 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-
-
 @pytest.fixture
 def ophome(rig: Rig) -> Iterator[Home]:
     """A HOME under a short path: unix socket paths are limited to ~104 bytes, and the agent

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli, ssh_g_run, ssh_g_values, ssh_ok, write_original
 from rig import Home, Rig
-from test_adopt_e2e import original, run, ssh_ok, write_original  # noqa: F401 (the fixture is used by orig)
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER_IID = "i-0123456789abcdef2"  # only resolved with ssh -G, never connected
@@ -22,21 +22,15 @@ MYBOX = "Host mybox\n    HostName 192.0.2.10\n"
 
 
 @pytest.fixture(scope="session")
-def orig(original: Path) -> Path:  # noqa: F811
-    """The python of the venv holding PyPI cloudx-proxy 0.17.6 (test_adopt_e2e's fixture)."""
+def orig(original: Path) -> Path:
+    """The python of the venv holding PyPI cloudx-proxy 0.17.6 (conftest's `original`)."""
     return original
 
 
 def ssh_g(config: Path, host: str) -> tuple[dict[str, list[str]], str]:
     """What `ssh -G -F config host` resolves (keyword -> values), and its stderr; ({}, stderr) when ssh refuses."""
-    proc = subprocess.run(
-        ["ssh", "-G", "-F", str(config), host], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
-    )
-    values: dict[str, list[str]] = {}
-    for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
-        key, _, value = line.partition(" ")
-        values.setdefault(key, []).append(value)
-    return values, proc.stderr
+    proc = ssh_g_run(config, host)
+    return (ssh_g_values(proc.stdout) if proc.returncode == 0 else {}), proc.stderr
 
 
 def ours(resolved: dict[str, list[str]], pyz: Path) -> bool:
@@ -45,7 +39,7 @@ def ours(resolved: dict[str, list[str]], pyz: Path) -> bool:
 
 
 def pyz_run(rig: Rig, home: Home, pyz: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    res = run(rig, home, pyz, *args)
+    res = cli(rig, home, pyz, *args)
     assert res.returncode == 0, res.stderr
     return res
 
@@ -72,7 +66,7 @@ def test_unquoted_paths_with_spaces_are_quoted_and_doctor_names_the_line(
         refused, err = ssh_g(main, host)
         assert refused == {} and "keyword identityfile extra arguments at end of line" in err, "every host fails"
 
-    doctor = run(rig, home, pyz, "doctor", "cloudx-dev-web")
+    doctor = cli(rig, home, pyz, "doctor", "cloudx-dev-web")
     assert doctor.returncode == 1
     line = text.splitlines().index(f"    identityfile {h}/.ssh/cloudX/cloudX") + 1
     assert (
@@ -104,7 +98,7 @@ def test_unquoted_paths_with_spaces_are_quoted_and_doctor_names_the_line(
     assert ssh_g(main, "mybox")[0]["hostname"] == ["192.0.2.10"]
     pyz_run(rig, home, pyz, "setup", "--instance", web, "--hostname", "web", "--yes")
     assert config.read_text() == adopted, "a second setup changes nothing"
-    assert "ssh reads config" not in run(rig, home, pyz, "doctor", "cloudx-dev-web").stdout
+    assert "ssh reads config" not in cli(rig, home, pyz, "doctor", "cloudx-dev-web").stdout
 
 
 # --- 2. both spellings on the wildcard lines ----------------------------------------------------------
@@ -278,7 +272,7 @@ def test_blocks_go_above_a_catch_all_and_a_shadowing_one_is_named(rig: Rig, home
     write_original(orig, other, {"env": "dev", "iid": web, "host": "web"})
     config = other.ssh_dir / "config"
     config.write_text(CATCH_ALL + "\n" + config.read_text())
-    res = run(rig, other, pyz, "setup", "--instance", web, "--hostname", "web", "--yes")
+    res = cli(rig, other, pyz, "setup", "--instance", web, "--hostname", "web", "--yes")
     # ssh then logs in as 'me' (the key is pushed for 'me'): the rig's sshd refuses, setup's check says so.
     assert "warning: 'Host *' (sets user) is above Host cloudX-*: ssh uses its values" in res.stderr
     assert config.read_text().startswith(CATCH_ALL)

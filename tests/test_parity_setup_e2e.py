@@ -12,17 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ssh_g_last
 from rig import Home, Rig, ssh_config_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import cloudx_proxy as cp  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
 
 
 def run(rig: Rig, home: Home, argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -35,13 +30,6 @@ def run(rig: Rig, home: Home, argv: list[str]) -> subprocess.CompletedProcess[st
         text=True,
         timeout=240,
     )
-
-
-def ssh_g(home: Home, config: Path, host: str) -> dict[str, str]:
-    """What the real `ssh -G` makes of a host with only this config."""
-    res = subprocess.run(["ssh", "-G", "-F", str(config), host], capture_output=True, text=True, timeout=30)
-    assert res.returncode == 0, res.stderr
-    return dict(line.split(" ", 1) for line in res.stdout.splitlines() if " " in line)
 
 
 def ssh_echo(rig: Rig, home: Home, config: Path, host: str, word: str) -> subprocess.CompletedProcess[str]:
@@ -104,7 +92,7 @@ def test_setup_run_from_a_cache_installs_a_stable_copy(rig: Rig, home: Home, pyz
     assert installed.read_bytes() == pyz.read_bytes(), "the same bytes as build_zipapp.py's archive"
     assert stat.S_IMODE(installed.stat().st_mode) == 0o700
     config = home.ssh_dir / "config"
-    proxy = ssh_g(home, config, "cloudX-dev-cached")["proxycommand"]
+    proxy = ssh_g_last(config, "cloudX-dev-cached")["proxycommand"]
     assert proxy.startswith(f"{sys.executable} {installed} connect "), proxy
     assert str(origin.parent) not in config.read_text()
     shutil.rmtree(home.path / ".cache" / "uv" if where == "uv cache module" else origin.parent)  # uv cache clean
@@ -134,7 +122,7 @@ def test_setup_from_a_stable_module_keeps_todays_proxy_command(rig: Rig, home: H
     assert res.returncode == 0, res.stderr
     assert "which may be cleaned" not in res.stderr
     assert not (home.ssh_dir / "cloudx_proxy.pyz").exists()
-    proxy = ssh_g(home, home.ssh_dir / "config", "cloudX-dev-stable")["proxycommand"]
+    proxy = ssh_g_last(home.ssh_dir / "config", "cloudX-dev-stable")["proxycommand"]
     assert proxy.startswith(f"{sys.executable} {ROOT / 'cloudx_proxy.py'} connect "), proxy
 
 
@@ -151,7 +139,7 @@ def test_interpreter_in_a_cache_is_replaced_by_a_stable_one(rig: Rig, home: Home
     assert res.returncode == 0, res.stderr
     real = os.path.realpath(venv / "bin" / "python")
     assert f"{venv / 'bin' / 'python'} is in a cache directory" in res.stderr
-    proxy = ssh_g(home, home.ssh_dir / "config", "cloudX-dev-venv")["proxycommand"]
+    proxy = ssh_g_last(home.ssh_dir / "config", "cloudX-dev-venv")["proxycommand"]
     assert proxy.startswith(f"{real} {module} connect "), proxy
     shutil.rmtree(venv)
     res = ssh_echo(rig, home, home.ssh_dir / "config", "cloudX-dev-venv", "still")
@@ -174,7 +162,7 @@ def test_a_pyenv_interpreter_gives_way_to_python3(rig: Rig, home: Home, tmp_path
     assert res.returncode == 0, res.stderr
     installed = home.ssh_dir / "cloudx_proxy.pyz"
     assert "(run by python3)" in res.stderr
-    proxy = ssh_g(home, home.ssh_dir / "config", "cloudX-dev-py3")["proxycommand"]
+    proxy = ssh_g_last(home.ssh_dir / "config", "cloudX-dev-py3")["proxycommand"]
     assert proxy.startswith(f"python3 {installed} connect "), proxy
     shutil.rmtree(home.path / ".cache" / "uv")
     res = ssh_echo(rig, home, home.ssh_dir / "config", "cloudX-dev-py3", "py3")
@@ -213,7 +201,7 @@ def test_doctor_flags_a_cleaned_cache_and_a_removed_pyenv_version(rig: Rig, home
     iid = rig.add_instance(tags={"Name": "py"})
     res = run(rig, home, [str(version / "python3.11"), str(stable), "setup", "--instance", iid, "--yes"])
     assert res.returncode == 0, res.stderr
-    assert ssh_g(home, config, "cloudX-dev-py")["proxycommand"].startswith(f"{version / 'python3.11'} {stable} ")
+    assert ssh_g_last(config, "cloudX-dev-py")["proxycommand"].startswith(f"{version / 'python3.11'} {stable} ")
     shutil.rmtree(home.path / ".pyenv")
     res = run(rig, home, [sys.executable, str(pyz), "doctor"])
     assert res.returncode == 1
@@ -248,7 +236,7 @@ def test_setup_warns_when_tags_disagree(rig: Rig, home: Home, pyz: Path, given: 
         f"'BAR': using '{used}'{note}"
     ) in res.stderr
     config = home.ssh_dir / "config"
-    assert ssh_g(home, config, f"cloudX-{used}-erik")["hostname"] == iid
+    assert ssh_g_last(config, f"cloudX-{used}-erik")["hostname"] == iid
     res = ssh_echo(rig, home, config, f"cloudX-{used}-erik", "tagged")
     assert (res.returncode, res.stdout) == (0, "tagged\n"), res.stderr
 

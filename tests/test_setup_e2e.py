@@ -44,12 +44,6 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-
-
 def test_setup_then_ssh_through_the_written_config(rig: Rig, home: Home, pyz: Path) -> None:
     for f in (home.key, home.pub):
         f.unlink()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import skip_or_fail
+from helpers import ssh
 from rig import Home, Rig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,11 +155,6 @@ def test_bad_entries_in_our_dir_are_replaced(pyz: Path, tmp_path: Path, other: t
 
 
 # --- connect through the rig with a hostile cache dir ---------------------------------
-def ssh(rig: Rig, home: Home, pyz: Path, iid: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    argv = rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p -v", "echo ok")
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
-
-
 def test_connect_with_a_foreign_cache_dir_full_of_traps(
     rig: Rig, home: Home, pyz: Path, tmp_path: Path, other: tuple[int, int]
 ) -> None:
@@ -178,7 +174,7 @@ def test_connect_with_a_foreign_cache_dir_full_of_traps(
     os.chmod(cache, 0o777)
     before = sorted(os.listdir(cache))
     env = dict(rig.env(home), XDG_CACHE_HOME=str(xdg))
-    res = ssh(rig, home, pyz, iid, env)
+    res = ssh(rig, home, pyz, iid, "echo ok", args="-v", env=env)
     assert res.returncode == 0 and res.stdout == "ok\n", res.stderr
     assert not marker.exists(), "planted bytecode ran"
     assert victim.read_text() == "precious\n"
@@ -210,7 +206,7 @@ def test_connect_with_bad_entries_in_our_cache_dir(
     fake.write_text(json.dumps(record))
     push = cache / f"push-eu-west-1-{iid}-ec2-user-cloudX.json"
     push.symlink_to(fake)
-    res = ssh(rig, home, pyz, iid, dict(rig.env(home), XDG_CACHE_HOME=str(xdg)))
+    res = ssh(rig, home, pyz, iid, "echo ok", args="-v", env=dict(rig.env(home), XDG_CACHE_HOME=str(xdg)))
     assert res.returncode == 0 and res.stdout == "ok\n", res.stderr
     assert not marker.exists(), "planted bytecode ran"
     assert any(c["action"] == "SendSSHPublicKey" and iid in c["instance_ids"] for c in rig.calls())

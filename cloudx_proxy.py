@@ -2216,13 +2216,18 @@ class SshWatch:
     """
 
     TICK = 0.5
+    ppid: int
+    fds: list[int]
+    inherited: dict[int, Any]  # SIGHUP's and SIGTERM's dispositions as we were started: the plugin gets them back
 
     def __init__(self) -> None:
         import signal
 
+        if sys.platform == "win32":
+            raise NotImplementedError("POSIX only")
         self.ppid = os.getppid()
         self.fds = [fd for fd in (0, 1) if _fd_open(fd)]
-        self.inherited: dict[int, Any] = {}  # what we were started with: the plugin gets it back
+        self.inherited = {}
         for sig in (signal.SIGHUP, signal.SIGTERM):
             self.inherited[sig] = signal.getsignal(sig)
             signal.signal(sig, _ssh_gone_signal)
@@ -2236,6 +2241,8 @@ class SshWatch:
         """Wait until one of ``reads`` is readable (those returned) or the deadline; SshGone if ssh goes."""
         import select
 
+        if sys.platform == "win32":
+            raise NotImplementedError("POSIX only")
         poller = select.poll()
         for fd in reads:
             poller.register(fd, select.POLLIN)
@@ -2452,7 +2459,7 @@ class ProcessSet:
         """True once the child has exited; on POSIX it is left unreaped, so its pid stays ours."""
         if proc.returncode is not None:
             return True
-        if not hasattr(os, "waitid"):  # Windows, macOS before Python 3.13
+        if sys.platform == "win32" or not hasattr(os, "waitid"):  # macOS before Python 3.13 neither
             return proc.poll() is not None
         try:
             return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None
@@ -2464,12 +2471,15 @@ class ProcessSet:
 
         The guard forgets the pid while the child is a zombie, before the pid can be reused.
         """
-        if hasattr(os, "waitid") and proc.returncode is None:
-            try:
-                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-            except ChildProcessError:
-                pass
-        rc = proc.wait() if not hasattr(os, "waitid") else None
+        if sys.platform == "win32" or not hasattr(os, "waitid"):
+            rc: int | None = proc.wait()
+        else:
+            rc = None
+            if proc.returncode is None:
+                try:
+                    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+                except ChildProcessError:
+                    pass
         if proc in self.live:
             self.live.remove(proc)
             if self.guard is not None:
@@ -3054,6 +3064,8 @@ def watch_auth(record: str, seconds: float) -> int:
     """
     import select
 
+    if sys.platform == "win32":
+        raise NotImplementedError("POSIX only")
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:

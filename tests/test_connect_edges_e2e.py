@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import live, wait_for
 from rig import Home, Rig, cmdline, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,13 +27,6 @@ sys.path.insert(0, str(ROOT))
 import cloudx_proxy as cp  # noqa: E402
 
 AWS = ["v1", "v1old", "v2"]
-
-
-@pytest.fixture(autouse=True)
-def _fresh(rig: Rig) -> None:
-    rig.clear_calls()
-    rig.clear_faults()
-    rig.clear_plugin_calls()
 
 
 def proxy(pyz: Path, args: str = "") -> str:
@@ -73,22 +67,8 @@ def run_ssh(rig: Rig, home: Home, pyz: Path, iid: str, remote: str, env: dict[st
     return res.returncode, res.stdout, res.stderr
 
 
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
 def alive(pid: int) -> bool:
-    return _state(pid) not in (None, "Z")
-
-
-def wait_for(what: str, check, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    return bool(live([pid]))
 
 
 def ours(rig: Rig, iid: str, skip: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
@@ -573,7 +553,9 @@ def test_the_session_token_never_reaches_an_external_program(tmp_path: Path, she
     """A `printf` program first on PATH logs its argv: under every shell the stand-in either hands the
     answer back through the builtin printf, or runs the real plugin; the token is never in an argv."""
     if not os.path.exists(shell):
-        pytest.skip(f"{shell} is not installed")
+        from conftest import skip_or_fail
+
+        skip_or_fail(f"{shell} is not installed (.ci/run installs mksh, posh and busybox)")
     fake = tmp_path / "fake"
     fake.mkdir()
     log = tmp_path / "argv.log"

@@ -2127,7 +2127,7 @@ def find_program(
     Returns (path or None, the directories looked in).
     """
     exts = [""]
-    if os.name == "nt":
+    if sys.platform == "win32":
         exts = [e.lower() for e in os.environ.get("PATHEXT", ".EXE;.BAT;.CMD").split(";") if e] + [""]
     dirs = [d for d in (path_var or "").split(os.pathsep) if d]
     looked: list[str] = []
@@ -2416,7 +2416,7 @@ class ProcessSet:
 
     def collect(self, procs: list[subprocess.Popen[bytes]], deadline: float) -> list[tuple[bytes, bytes]]:
         """Read the children's stdout and stderr to their end (without reaping); TimeoutError past the deadline."""
-        if os.name == "nt":
+        if sys.platform == "win32":
             import subprocess
 
             try:

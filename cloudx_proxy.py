@@ -918,15 +918,18 @@ def _directive_indexes(block: ConfigBlock, keyword: str) -> list[int]:
     return found
 
 
-def set_owned_lines(block: ConfigBlock, kind: str, rendered: list[str], newline: str) -> bool:
-    """Make the lines setup owns in a block (OWNED_KEYWORDS) say what `rendered` says, in place.
+def set_owned_lines(
+    block: ConfigBlock, kind: str, rendered: list[str], newline: str, keys: tuple[str, ...] | None = None
+) -> bool:
+    """Make the lines setup owns in a block (OWNED_KEYWORDS, or those of them in `keys`) say what
+    `rendered` says, in place.
 
     A keyword whose values already match is left byte for byte; a differing one is
     rewritten where it stands (keeping its indent and trailing comment); every other
     line stays as it is. Returns True if anything changed.
     """
     changed = False
-    for key in OWNED_KEYWORDS[kind]:
+    for key in OWNED_KEYWORDS[kind] if keys is None else keys:
         want = [p for p in (parse_directive(ln) for ln in rendered) if p and p[0] == key]
         have = _directive_indexes(block, key)
         values = [(parse_directive(block.lines[i]) or ("", "", ""))[1] for i in have]
@@ -1121,6 +1124,11 @@ def merge_config(
         if pattern in replace and set_owned_lines(target, kind, lines[3:], newline):
             changed = True
             notes.append(f"updated {kind} block Host {pattern}")
+        elif kind == "environment" and not _directive_indexes(target, "proxycommand"):
+            # Kept, but without a ProxyCommand its hosts have no way in: ours joins the user's lines.
+            set_owned_lines(target, kind, lines[3:], newline, ("proxycommand",))
+            changed = True
+            notes.append(f"added our ProxyCommand to the kept environment block Host {pattern} (it had none)")
             if kind == "host":
                 for dup in existing[1:]:  # later copies whose lines were all ours: ssh never read them
                     rest = dup.lines[dup.header_index() + 1 :]

@@ -3513,8 +3513,8 @@ def connect(run: ConnectRun) -> int:
         run.aws(aws_push_key_args(plan.instance_id, plan.user, run.public_key))
         key_pushed: float | None = pushed_at
     except CloudxError as e:
-        settle_session(run)  # no plugin will carry what it opened (a stopped target refuses it anyway)
         if e.code != "EC2InstanceStateInvalidException":
+            settle_session(run)  # no plugin will carry what it opened
             raise
         debug(f"key push refused: {e.message}")
         key_pushed = None
@@ -3530,6 +3530,9 @@ def connect(run: ConnectRun) -> int:
     else:
         run.doubted_at = pushed_at
         launched, started = ensure_started(run.aws, plan, run.deadline, pushed_at)
+        # Not before the start: the session beside the push has been refused by now (a target that
+        # is not running is not Online), and waiting for its aws to say so would delay the start.
+        settle_session(run)
     key_pushed = wait_until_online(run, key_pushed, launched, started)
     while True:
         rc, refused = run_session(run)

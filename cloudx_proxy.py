@@ -3633,6 +3633,9 @@ def _start(aws: Aws, plan: ConnectPlan, deadline: float, marker: str) -> float |
                 log(f"Instance {iid} is stopping; it will be started once stopped...")
                 wait_for_state(aws, plan, deadline, "stopped")
                 continue
+            if state == "stopped":  # the stop ended between the two calls: start it now
+                _pace(aws, round_start, deadline, f"starting {iid}: it was refused while it stopped")
+                continue
             if state in ("pending", "running"):
                 return None
             raise

@@ -605,3 +605,27 @@ def test_sso_refresh_due() -> None:
     assert not cp.sso_refresh_due(None, now)
     edge = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + cp.SSO_REFRESH_WINDOW))
     assert not cp.sso_refresh_due({"refreshToken": "r", "expiresAt": edge}, now)
+
+
+def test_a_stop_that_ends_between_the_refused_start_and_the_look_is_started(rig: Rig, home: Home, pyz: Path) -> None:
+    """StartInstances is refused (stopping); the stop ends before DescribeInstances answers: connect
+    starts the instance, it does not fail with IncorrectInstanceState."""
+    iid = rig.add_instance(online_delay=1)
+    rig.begin_stopping(iid)  # stopping until the test releases it
+    rig.fault("DescribeInstances", delay=3)  # the look after the refused start: answered after the release
+    proc = subprocess.Popen(
+        rig.ssh_argv(home, iid, proxy(pyz), "echo started"), env=rig.env(home), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        rig.wait_for_call("StartInstances", iid)
+        rig.wait_for_call("DescribeInstances", iid)
+        rig.release(iid)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out == "started\n"
+    assert [c["action"] for c in rig.calls() if c["action"] == "StartInstances"] == ["StartInstances"] * 2

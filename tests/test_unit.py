@@ -779,32 +779,3 @@ def test_may_prompt_follows_the_profile_chain() -> None:
     assert not cp.may_prompt(config, {}, "plain") and not cp.may_prompt(config, {}, "loop")
     assert cp.may_prompt(config, {"plain": {"credential_process": "x"}}, "plain")
     assert not cp.may_prompt(config, {"plain": {"aws_access_key_id": "A"}}, "plain")
-
-
-# --- is the aws on PATH the aws CLI itself (it finds the stand-in), or a wrapper? ----------
-@pytest.mark.parametrize(
-    "head,expected",
-    [
-        (b"\x7fELF\x02\x01\x01", True),  # v2's installer build (PyInstaller)
-        (b"\xcf\xfa\xed\xfe\x07\x00", True),  # the same on macOS
-        (b"#!/usr/bin/python3\n# Copyright\nimport awscli.clidriver\n", True),  # Debian, pip
-        (b"#!/opt/homebrew/opt/python@3.12/bin/python3.12\nfrom awscli.clidriver import main\n", True),
-        (b'#!/bin/sh\nPATH=/x\nexec /usr/bin/aws "$@"\n', False),  # a wrapper may set its own PATH
-        (b'#!/usr/bin/env bash\nexec pyenv exec aws "$@"\n', False),  # a version manager's shim
-        (b"#!/bin/sh\n# awscli.clidriver\n", False),
-        (b"", False),
-    ],
-)
-def test_is_aws_cli(head: bytes, expected: bool) -> None:
-    assert cp.is_aws_cli(head) is expected
-
-
-def test_the_installed_aws_clis_are_recognised(tmp_path: Path) -> None:
-    """Every aws CLI the tests use is its own script; an unreadable path is not taken for one."""
-    for aws in (ROOT / ".venv/bin/aws", ROOT / ".venv-aws-old/bin/aws", Path("/usr/bin/aws")):
-        if aws.exists():
-            assert cp.plugin_found_by_aws(str(aws)), aws
-    link = tmp_path / "aws"
-    link.symlink_to(ROOT / ".venv/bin/aws")
-    assert cp.plugin_found_by_aws(str(link)) is (ROOT / ".venv/bin/aws").exists()
-    assert not cp.plugin_found_by_aws(str(tmp_path / "missing"))

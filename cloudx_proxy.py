@@ -1124,16 +1124,16 @@ def merge_config(
         if pattern in replace and set_owned_lines(target, kind, lines[3:], newline):
             changed = True
             notes.append(f"updated {kind} block Host {pattern}")
-        elif kind == "environment" and not _directive_indexes(target, "proxycommand"):
-            # Kept, but without a ProxyCommand its hosts have no way in: ours joins the user's lines.
-            set_owned_lines(target, kind, lines[3:], newline, ("proxycommand",))
-            changed = True
-            notes.append(f"added our ProxyCommand to the kept environment block Host {pattern} (it had none)")
             if kind == "host":
                 for dup in existing[1:]:  # later copies whose lines were all ours: ssh never read them
                     rest = dup.lines[dup.header_index() + 1 :]
                     if all(not ln.strip() or (parse_directive(ln) or ("",))[0] == "hostname" for ln in rest):
                         blocks.remove(dup)
+        elif kind == "environment" and not _directive_indexes(target, "proxycommand"):
+            # Kept, but without a ProxyCommand its hosts have no way in: ours joins the user's lines.
+            set_owned_lines(target, kind, lines[3:], newline, ("proxycommand",))
+            changed = True
+            notes.append(f"added our ProxyCommand to the kept environment block Host {pattern} (it had none)")
         if target.original_banner():
             adopted = True
             notes.append(f"adopted {kind} block Host {' '.join(target.words())}, written by PyPI cloudx-proxy")

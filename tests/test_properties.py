@@ -455,10 +455,45 @@ def include_ok(path: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("parts", list(KNOWN_BAD_PATHS.values()), ids=list(KNOWN_BAD_PATHS))
-def test_known_bad_paths_round_trip(ssh_base: Path, parts: list[str]) -> None:
-    """Each path here once failed one of the three properties above; all three must hold for it."""
+# What setup answers for each known-bad path: None (accepted, so it must round-trip) or the reason it is
+# refused, as --ssh-dir/--ssh-config and as the Include line's target.
+BACKSLASH, GLOB = "a backslash there cannot be carried", "glob characters (*?[]) cannot be carried"
+LINE_BREAK, DOLLAR_BRACE = "a line break cannot be carried", "'${' cannot be carried"
+KNOWN_BAD_OUTCOME: dict[str, tuple[str | None, str | None]] = {
+    "quote-bare-single-quote": (None, None),
+    "quote-double-backslash": (BACKSLASH, BACKSLASH),
+    "dollar-brace-env-var": (DOLLAR_BRACE, DOLLAR_BRACE),
+    "python-line-break-x0b": (LINE_BREAK, LINE_BREAK),
+    "python-line-break-u2028": (LINE_BREAK, LINE_BREAK),
+    "include-glob-bracket": (None, GLOB),
+    "include-percent": (None, None),
+    "include-backslash": (None, BACKSLASH),
+    "include-quotes": (None, None),
+}
+
+
+def refusal(path: str, include: bool) -> str | None:
+    """None when setup accepts the path (as a config path, or as an Include target), else its message."""
+    try:
+        assert cp.validate_config_path("--ssh-config", path, include) == path
+    except cp.CloudxError as e:
+        assert e.exit_code == cp.EXIT_USAGE
+        return e.message
+    return None
+
+
+@pytest.mark.parametrize("name", list(KNOWN_BAD_PATHS))
+def test_known_bad_paths_round_trip(ssh_base: Path, name: str) -> None:
+    """Each path here once failed one of the three properties above: now setup refuses it with the reason
+    given in KNOWN_BAD_OUTCOME, or all three hold for it."""
+    parts = KNOWN_BAD_PATHS[name]
+    want_config, want_include = KNOWN_BAD_OUTCOME[name]
+    config = os.path.join(str(ssh_base), *parts, "config")
+    for include, want in ((False, want_config), (True, want_include)):
+        got = refusal(config, include)
+        assert (got is None) == (want is None) and (want is None or want in (got or "")), (include, got)
     case = Case.make(ssh_base, parts, "cloudX", "cloudX", None)
+    assert (case is None) == (want_config is not None)
     if case is None:
         return
     try:
@@ -471,7 +506,8 @@ def test_known_bad_paths_round_trip(ssh_base: Path, parts: list[str]) -> None:
             sys.executable,
             *case.expected_argv(),
         ]
-        if include_ok(case.config):  # else setup refuses the path for an Include: no promise made
+        assert include_ok(case.config) == (want_include is None)
+        if want_include is None:
             main = os.path.join(case.tmp, "main_config")
             Path(main).write_bytes((cp.insert_include("", case.config) or "").encode("utf-8"))
             assert case.ssh_g(main)["hostname"] == [IID], "the Include does not reach the config"

@@ -1,0 +1,240 @@
+"""Properties of the pure helpers with an oracle of their own (issue 25).
+
+Each property draws inputs that are mostly valid (documented formats, well-formed AWS answers) next to
+near misses, decides independently of cloudx_proxy whether the helper must accept or refuse, and checks
+the value it returns. Each runs inside a test that counts the outcomes, so a helper that always refuses
+(or always raises) fails the count even where every single example would hold.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import cloudx_proxy as cp  # noqa: E402
+
+IID = "i-0123456789abcdef0"
+OTHER = "i-0fedcba9876543210"
+RUNS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def outcomes(test: Callable[..., str]) -> Counter[str]:
+    """Run a @given function (it returns an outcome name per example) and count the outcomes."""
+    seen: Counter[str] = Counter()
+
+    def record(*args: Any, **kwargs: Any) -> None:
+        seen[test(*args, **kwargs)] += 1
+
+    given_args = test.hypothesis_strategies  # type: ignore[attr-defined]
+    RUNS(given(**given_args)(record))()
+    return seen
+
+
+def with_strategies(**strategies: st.SearchStrategy[Any]) -> Callable[[Callable[..., str]], Callable[..., str]]:
+    def wrap(test: Callable[..., str]) -> Callable[..., str]:
+        test.hypothesis_strategies = strategies  # type: ignore[attr-defined]
+        return test
+
+    return wrap
+
+
+def refused(call: Callable[[], Any]) -> cp.CloudxError | None:
+    try:
+        call()
+    except cp.CloudxError as e:
+        return e
+    return None
+
+
+# --- validators: documented formats, near misses -----------------------------------------------
+HEX = "0123456789abcdefABCDEF"
+ids = st.one_of(
+    st.builds(lambda n, d: "i-" + d[:n], st.sampled_from([8, 17]), st.text(st.sampled_from(HEX), min_size=17)),
+    st.builds(lambda n, d: "i-" + d[:n], st.sampled_from([7, 9, 16, 18]), st.text(st.sampled_from(HEX), min_size=18)),
+    st.builds(
+        lambda p, d: p + d,
+        st.sampled_from(["I-", "i_", "", "i-g", " i-"]),
+        st.text(st.sampled_from(HEX), min_size=8, max_size=8),
+    ),
+)
+
+
+@with_strategies(value=ids)
+def check_instance_id(value: str) -> str:
+    ok = re.fullmatch(r"i-([0-9a-f]{8}|[0-9a-f]{17})", value.lower()) is not None  # EC2's documented form
+    error = refused(lambda: cp.validate_instance_id(value))
+    assert (error is None) == ok, (value, error)
+    assert cp.is_instance_id(value) == ok
+    if error is not None:
+        assert error.exit_code == cp.EXIT_USAGE and "8 or 17 hex digits" in error.message
+        return "refused"
+    assert cp.validate_instance_id(value) == value.lower()
+    return "accepted"
+
+
+def test_instance_ids() -> None:
+    seen = outcomes(check_instance_id)
+    assert seen["accepted"] > seen["refused"] / 2 > 0, seen
+
+
+REGIONS = ["eu-west-1", "us-east-1", "ap-southeast-2", "us-gov-west-1", "eu-central-2", "il-central-1"]
+NEAR_REGIONS = ["eu-west", "EU-west-1", "eu-west-123", "eu--west-1", "euwest-1", "e-west-1", "eu-west-1 ", ""]
+
+
+@with_strategies(value=st.one_of(st.sampled_from(REGIONS), st.sampled_from(REGIONS), st.sampled_from(NEAR_REGIONS)))
+def check_region(value: str) -> str:
+    ok = value in REGIONS
+    error = refused(lambda: cp.validate_region(value))
+    assert (error is None) == ok, (value, error)
+    if error:
+        assert error.exit_code == cp.EXIT_USAGE and "eu-west-1" in error.message
+        return "refused"
+    assert cp.validate_region(value) == value
+    return "accepted"
+
+
+def test_regions() -> None:
+    seen = outcomes(check_region)
+    assert seen["accepted"] > seen["refused"] > 0, seen
+
+
+numbers = st.one_of(st.integers(-10, 4000), st.floats(-10, 4000, allow_nan=False), st.sampled_from([0.999, 3600.001]))
+timeouts = st.one_of(numbers, numbers.map(str), st.sampled_from(["nan", "inf", "-inf", "", "ten", None]))
+
+
+@with_strategies(value=timeouts)
+def check_timeout(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    ok = math.isfinite(number) and 1 <= number <= 3600
+    error = refused(lambda: cp.validate_timeout(value))
+    assert (error is None) == ok, (value, error)
+    if error:
+        assert error.exit_code == cp.EXIT_USAGE
+        return "refused"
+    assert cp.validate_timeout(value) == number
+    return "accepted"
+
+
+def test_timeouts() -> None:
+    seen = outcomes(check_timeout)
+    assert seen["accepted"] > seen["refused"] > 0, seen
+
+
+ports = st.one_of(
+    st.integers(-5, 70000), st.integers(-5, 70000).map(str), st.sampled_from(["022", "+22", " 22", "2.2"])
+)
+
+
+@with_strategies(value=ports)
+def check_port(value: Any) -> str:
+    text = str(value)
+    ok = text.isascii() and text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535
+    error = refused(lambda: cp.validate_port(value))
+    assert (error is None) == ok, (value, error)
+    if error:
+        assert error.exit_code == cp.EXIT_USAGE
+        return "refused"
+    assert cp.validate_port(value) == int(text)
+    return "accepted"
+
+
+def test_ports() -> None:
+    seen = outcomes(check_port)
+    assert seen["accepted"] > seen["refused"] > 0, seen
+
+
+# --- AWS answers: well-formed ones, with a model of what they mean -----------------------------
+STATES = ["pending", "running", "shutting-down", "terminated", "stopping", "stopped"]
+some_id = st.sampled_from([IID, OTHER, "i-12345678"])
+instances = st.lists(st.tuples(some_id, st.sampled_from(STATES)), max_size=3)
+
+
+def describe_answer(reservations: list[list[tuple[str, str]]]) -> dict[str, Any]:
+    return {
+        "Reservations": [
+            {"Instances": [{"InstanceId": i, "State": {"Code": 16, "Name": s}, "Tags": []} for i, s in insts]}
+            for insts in reservations
+        ]
+    }
+
+
+@with_strategies(reservations=st.lists(instances, max_size=3))
+def check_instance_state(reservations: list[list[tuple[str, str]]]) -> str:
+    flat = [pair for insts in reservations for pair in insts]
+    want = next((s for i, s in flat if i == IID), None)
+    assert cp.parse_instance_state(describe_answer(reservations), IID) == want
+    assert [inst["InstanceId"] for inst in cp.parse_instances(describe_answer(reservations))] == [i for i, _ in flat]
+    return "found" if want else "absent"
+
+
+def test_instance_state_is_the_first_match() -> None:
+    seen = outcomes(check_instance_state)
+    assert seen["found"] > 0 and seen["absent"] > 0, seen
+
+
+@with_strategies(entries=st.lists(st.tuples(some_id, st.sampled_from(["Online", "ConnectionLost", "Inactive"]))))
+def check_ping_status(entries: list[tuple[str, str]]) -> str:
+    want = next((s for i, s in entries if i == IID), "NotRegistered")
+    data = {"InstanceInformationList": [{"InstanceId": i, "PingStatus": s} for i, s in entries]}
+    assert cp.parse_ping_status(data, IID) == want
+    return want
+
+
+def test_ping_status_is_the_first_match() -> None:
+    seen = outcomes(check_ping_status)
+    assert seen["Online"] > 0 and seen["NotRegistered"] > 0, seen
+
+
+@with_strategies(states=st.lists(st.sampled_from(STATES), max_size=2))
+def check_previous_state(states: list[str]) -> str:
+    data = {"StartingInstances": [{"InstanceId": IID, "PreviousState": {"Code": 80, "Name": s}} for s in states]}
+    assert cp.parse_previous_state(data) == (states[0] if states else None)
+    return "state" if states else "none"
+
+
+def test_previous_state_is_the_first_entry() -> None:
+    seen = outcomes(check_previous_state)
+    assert seen["state"] > seen["none"] > 0, seen
+
+
+tag_keys = st.sampled_from(["Name", "Environment", "cloudX:environment", "owner", "a b"])
+tag_values = st.text(st.sampled_from("abcXYZ-_. 09é"), max_size=12)
+
+
+@with_strategies(pairs=st.lists(st.tuples(tag_keys, tag_values), max_size=5))
+def check_tags(pairs: list[tuple[str, str]]) -> str:
+    inst = {"InstanceId": IID, "Tags": [{"Key": k, "Value": v} for k, v in pairs]}
+    assert cp.parse_tags(inst) == dict(pairs)
+    return "tags" if pairs else "none"
+
+
+def test_tags_are_read_as_given() -> None:
+    seen = outcomes(check_tags)
+    assert seen["tags"] > seen["none"] > 0, seen
+
+
+ARN_USERS = st.text(st.sampled_from("abcdXYZ-_.@+=,09"), min_size=1, max_size=20)
+
+
+@with_strategies(kind=st.sampled_from(["user", "assumed-role/Role", "root"]), user=ARN_USERS)
+def check_identity(kind: str, user: str) -> str:
+    arn = f"arn:aws:iam::123456789012:{kind}/{user}" if kind != "root" else "arn:aws:iam::123456789012:root"
+    assert cp.parse_identity({"Arn": arn, "Account": "123456789012", "UserId": "AIDA"}) == arn
+    assert cp.parse_identity(None) == "" and cp.parse_identity({}) == ""
+    return kind
+
+
+def test_identity_is_the_arn() -> None:
+    seen = outcomes(check_identity)
+    assert len(seen) == 3, seen

@@ -168,16 +168,17 @@ def apply(source: str, m: Mutant) -> str:
     return "".join(lines[: l1 - 1]) + head + m.text + tail + "".join(lines[l2:])
 
 
-def has_e2e_marker() -> bool:
-    conftest = ROOT / "tests" / "conftest.py"
+def has_e2e_marker(root: Path) -> bool:
+    conftest = root / "tests" / "conftest.py"
     text = conftest.read_text(encoding="utf-8") if conftest.exists() else ""
     return "e2e" in text and "add_marker" in text
 
 
-def pytest_args() -> list[str]:
-    files = [f for f in FAST_FILES if (ROOT / f).exists()]
-    if has_e2e_marker():
-        rest = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py"))
+def pytest_args(root: Path) -> list[str]:
+    """The fast tests in root (the scratch copy): -m "not e2e" once the marker exists, else FAST_FILES."""
+    files = [f for f in FAST_FILES if (root / f).exists()]
+    if has_e2e_marker(root):
+        rest = sorted(str(p.relative_to(root)) for p in (root / "tests").glob("test_*.py"))
         files += [f for f in rest if f not in files]
     return ["-m", "not e2e", "-p", "no:randomly", "-x", "-q", "--hypothesis-seed=0", *files]
 
@@ -197,7 +198,7 @@ def run_tests(work: Path, source: str, timeout: float) -> tuple[str, float]:
     env.pop("PYTEST_ADDOPTS", None)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", *pytest_args()],
+            [sys.executable, "-m", "pytest", *pytest_args(work)],
             cwd=work,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -207,8 +208,9 @@ def run_tests(work: Path, source: str, timeout: float) -> tuple[str, float]:
         )
     except subprocess.TimeoutExpired:
         return "timeout", time.monotonic() - started
-    # 0: all passed (survived); 1: a test failed (killed); anything else: pytest itself broke.
-    result = {0: "survived", 1: "killed"}.get(proc.returncode, f"error {proc.returncode}")
+    # 0: all passed (survived); 1: a test failed, 2: a test module failed to import (killed);
+    # anything else (usage error, no tests): the run itself is broken, not scored.
+    result = {0: "survived", 1: "killed", 2: "killed"}.get(proc.returncode, f"error {proc.returncode}")
     return result, time.monotonic() - started
 
 
@@ -236,9 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.sample is not None:
         chosen = sorted(random.Random(args.seed).sample(numbered, min(args.sample, len(numbered))))
     chosen = [(i, m) for i, m in chosen if compiles(apply(source, m))]
-    print(f"{len(chosen)} of {len(numbered)} mutants; pytest {' '.join(pytest_args())}", flush=True)
-
     work = scratch_copy()
+    print(f"{len(chosen)} of {len(numbered)} mutants; pytest {' '.join(pytest_args(work))}", flush=True)
     try:
         baseline, took = run_tests(work, source, args.timeout)
         if baseline != "survived":

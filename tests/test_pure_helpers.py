@@ -238,3 +238,47 @@ def check_identity(kind: str, user: str) -> str:
 def test_identity_is_the_arn() -> None:
     seen = outcomes(check_identity)
     assert len(seen) == 3, seen
+
+
+# --- setup's names and config readers: cases the mutation run found untested -------------------
+def test_tag_env_conflict_names_both_and_the_one_used() -> None:
+    tags = {"Name": "cloudX-dev-web | team", "Environment": "prod"}
+    assert cp.tag_env_conflict(tags, "prod") == (
+        "the Name tag 'cloudX-dev-web | team' implies environment 'dev' but the Environment tag says 'prod': "
+        "using 'prod'"
+    )
+    assert "cloudX:environment tag says 'qa'" in (cp.tag_env_conflict({**tags, "cloudX:environment": "qa"}, "qa") or "")
+    assert cp.tag_env_conflict({"Name": "cloudX-Dev-web", "Environment": "dev"}, "dev") is None, "case ignored"
+    assert cp.tag_env_conflict({"Name": "web", "Environment": "dev"}, "dev") is None, "no legacy Name"
+    assert cp.tag_env_conflict({"Name": "cloudx-dev-web"}, "dev") is None, "no environment tag"
+    assert cp.tag_env_conflict({"Name": "cloudx-dev-web", "Environment": ""}, "dev") is None, "an empty tag is none"
+
+
+def test_parse_connect_options_reads_only_connects_flags() -> None:
+    proxy = "uvx cloudx-proxy --profile before connect %h %p --profile p --ssh-key k --ssh-dir '/a b' "
+    proxy += "--aws-env e --region r --user %r --ssh-config /c/config --timeout 9"
+    assert cp.parse_connect_options(proxy) == {
+        "profile": "p", "ssh-key": "k", "ssh-dir": "/a b", "aws-env": "e", "region": "r", "user": "%r",
+        "ssh-config": "/c/config",
+    }  # fmt: skip
+    assert cp.parse_connect_options("nc --profile x %h %p") == {}, "no connect: not ours"
+    assert cp.parse_connect_options("x connect %h %p --profile") == {}, "a flag without its value"
+    assert cp.parse_connect_options("x connect %h --ssh-dir /a%%b") == {"ssh-dir": "/a%b"}, "%% is ssh's %"
+    assert cp.parse_connect_options("x connect %h --ssh-dir 'it''s") == {"ssh-dir": "'it''s"}, "unbalanced quote"
+
+
+def test_ssh_words_follow_argv_split() -> None:
+    assert cp.ssh_words(r"a\ b c") == ["a b", "c"], "backslash-space outside quotes joins"
+    assert cp.ssh_words(r'"g\ h"') == ["g\\ h"], "inside quotes it stays"
+    assert cp.ssh_words(r"\\f \"x \'y") == ["\\f", '"x', "'y"]
+    assert cp.ssh_words(r'"i\"j" ' + "'k l'") == ['i"j', "k l"]
+    assert cp.ssh_words("  a\t b  ") == ["a", "b"] and cp.ssh_words('""') == [""] and cp.ssh_words("") == []
+    assert cp.ssh_words("a'b c'd") == ["ab cd"]
+
+
+def test_config_prefix_is_the_generic_blocks_first_spelling() -> None:
+    assert cp.config_prefix("Host cloudX-* cloudx-*\n") == "cloudX"
+    assert cp.config_prefix("Host cloudx-* cloudX-*\n") == "cloudx"
+    assert cp.config_prefix("Host cloudx-dev-a\nHost cloudx-dev-b\n") == "cloudx"
+    assert cp.config_prefix("Host cloudX-dev-a cloudX-dev-b\nHost x\n") == "cloudX"
+    assert cp.config_prefix("Host cloudx-dev-*\nHost cloudx-*\n") == "cloudx"

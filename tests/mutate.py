@@ -60,7 +60,7 @@ class Mutant:
     what: str
 
     def describe(self, source_lines: list[str]) -> str:
-        return f"line {self.line}: {self.what}: {source_lines[self.line - 1].strip()[:100]}"
+        return f"line {self.line}:{self.start[1]}: {self.what}: {source_lines[self.line - 1].strip()[:100]}"
 
 
 FLIP = {

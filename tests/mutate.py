@@ -10,6 +10,7 @@ when the tests fail (or outlive --timeout); it survives when they pass.
     .venv/bin/python tests/mutate.py --sample 40 --seed 1      # everyday check: a seeded sample
     .venv/bin/python tests/mutate.py --list                     # every mutant, numbered
     .venv/bin/python tests/mutate.py --only 17 --only 203       # re-run chosen mutants
+    .venv/bin/python tests/mutate.py --only 17 --tests tests/test_pure_helpers.py   # does a new test kill it?
     .venv/bin/python tests/mutate.py                            # all of them (hours)
 
 Survivors that are equivalent to the original (no test can tell them apart) are listed in
@@ -191,14 +192,14 @@ def scratch_copy() -> Path:
     return work
 
 
-def run_tests(work: Path, source: str, timeout: float) -> tuple[str, float]:
+def run_tests(work: Path, source: str, timeout: float, tests: list[str] | None = None) -> tuple[str, float]:
     (work / "cloudx_proxy.py").write_text(source, encoding="utf-8")
     started = time.monotonic()
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTEST_ADDOPTS", None)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", *pytest_args(work)],
+            [sys.executable, "-m", "pytest", *(pytest_args(work) if tests is None else ["-x", "-q", *tests])],
             cwd=work,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -221,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", type=int, action="append", default=[], help="run mutant number N (repeatable)")
     p.add_argument("--list", action="store_true", help="print every mutant with its number and exit")
     p.add_argument("--timeout", type=float, default=900, help="seconds per mutant before it counts as killed")
+    p.add_argument(
+        "--tests", nargs="+", metavar="TEST", help="run only these pytest arguments (to see a new test kill a mutant)"
+    )
     args = p.parse_args(argv)
 
     source = MODULE.read_text(encoding="utf-8")
@@ -239,16 +243,17 @@ def main(argv: list[str] | None = None) -> int:
         chosen = sorted(random.Random(args.seed).sample(numbered, min(args.sample, len(numbered))))
     chosen = [(i, m) for i, m in chosen if compiles(apply(source, m))]
     work = scratch_copy()
-    print(f"{len(chosen)} of {len(numbered)} mutants; pytest {' '.join(pytest_args(work))}", flush=True)
+    selection = " ".join(pytest_args(work) if args.tests is None else args.tests)
+    print(f"{len(chosen)} of {len(numbered)} mutants; pytest {selection}", flush=True)
     try:
-        baseline, took = run_tests(work, source, args.timeout)
+        baseline, took = run_tests(work, source, args.timeout, args.tests)
         if baseline != "survived":
             print(f"the unmutated module does not pass the fast tests ({baseline}): nothing to measure")
             return 1
         print(f"unmutated: pass in {took:.0f} s", flush=True)
         survivors, equivalent, errors = [], [], []
         for n, (i, m) in enumerate(chosen, 1):
-            result, took = run_tests(work, apply(source, m), args.timeout)
+            result, took = run_tests(work, apply(source, m), args.timeout, args.tests)
             desc = m.describe(lines)
             if result == "survived" and desc in EQUIVALENT:
                 result = "equivalent"

@@ -282,3 +282,55 @@ def test_config_prefix_is_the_generic_blocks_first_spelling() -> None:
     assert cp.config_prefix("Host cloudx-dev-a\nHost cloudx-dev-b\n") == "cloudx"
     assert cp.config_prefix("Host cloudX-dev-a cloudX-dev-b\nHost x\n") == "cloudX"
     assert cp.config_prefix("Host cloudx-dev-*\nHost cloudx-*\n") == "cloudx"
+
+
+def test_a_one_line_banner_takes_only_itself() -> None:
+    text = "Host a\n    User x\n# Configuration type: host\nHost b\n    HostName i-1\n"
+    assert [b.lines for b in cp.split_config(text)] == [
+        [],
+        ["Host a\n", "    User x\n"],
+        ["# Configuration type: host\n", "Host b\n", "    HostName i-1\n"],
+    ]
+
+
+ORIGINAL_HEADER = "# SSH Configuration - Managed by cloudx-proxy v0.17.6\n"
+ORIGINAL_RULE = "# " + "=" * 78 + "\n"
+
+
+def original_generic(header_gap: str) -> str:
+    return f"{ORIGINAL_HEADER}{header_gap}{ORIGINAL_RULE}#  GLOBAL\n{ORIGINAL_RULE}\nHost cloudx-* cloudX-*\n    User ec2-user\n"
+
+
+def test_adoption_drops_the_originals_header_and_the_blank_line_under_it() -> None:
+    blocks = [("generic", "cloudX-*", cp.render_generic_block("cloudX"))]
+    for gap in ("\n", ""):
+        merged, notes = cp.merge_config(original_generic(gap), blocks, set(), "2026-01-02 03:04:05")
+        assert any(n.startswith("adopted generic block") for n in notes), notes
+        assert merged.startswith("# Created by cloudX-proxy"), repr(merged)
+
+
+def test_a_later_copy_of_a_host_block_with_lines_of_the_users_is_kept() -> None:
+    host = cp.render_host_block("cloudX", "dev", "web", "i-0123456789abcdef0")
+    text = "Host cloudX-dev-web\n    HostName i-1\n\nHost cloudX-dev-web\n    User me\n\nHost cloudX-dev-web\n    HostName i-2\n"
+    merged, _ = cp.merge_config(text, [("host", "cloudX-dev-web", host)], {"cloudX-dev-web"}, "2026-01-02 03:04:05")
+    assert "    User me\n" in merged, "the user's copy stays"
+    assert "i-2" not in merged and "i-1" not in merged, "copies of only setup's lines go"
+
+
+def test_shell_words_of_an_unbalanced_quote_are_the_blank_separated_words() -> None:
+    program = ["/usr/bin/python3", "/opt/cloudx_proxy.pyz"]
+    adopted = cp.adopt_proxy_command("uvx cloudx-proxy connect %h %p --aws-env 'it", program)
+    assert adopted == "/usr/bin/python3 /opt/cloudx_proxy.pyz connect %h %p --aws-env 'it --user %r"
+    words, settings = cp.proxy_settings("/p/x 'a connect %h %p --profile p --ssh-dir /d", "/home/u")
+    assert words == ["/p/x", "'a"] and settings == ("p", "cloudX", "/d", "")
+
+
+def test_a_generic_block_names_a_custom_prefix() -> None:
+    text = (
+        "# Configuration type: generic\nHost myco-*\n    User ec2-user\n\n"
+        "Host myco-dev-*\n    ProxyCommand x connect %h %p --profile p\n\nHost myco-dev-web\n    HostName i-1\n"
+    )
+    parsed = cp.parse_cloudx_config(text)
+    assert parsed["generic"] == ["myco-*"] and list(parsed["environments"]) == ["dev"]
+    assert parsed["environments"]["dev"]["options"] == {"profile": "p"}
+    assert [(h["host"], h["name"], h["environment"]) for h in parsed["hosts"]] == [("myco-dev-web", "web", "dev")]

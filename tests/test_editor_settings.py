@@ -286,6 +286,19 @@ def test_exact_output_matches_the_files_style() -> None:
     )
 
 
+def test_the_platform_object_keeps_its_one_line_or_its_lines() -> None:
+    rest = '  "remote.SSH.connectTimeout": 90,\n  "remote.SSH.serverInstallTimeout": 120\n}\n'
+    ours = '"cloudX-*": "linux", "cloudx-*": "linux"'
+    for inner, edited in (
+        ("{}", "{" + ours + "}"),
+        ('{"a": "linux"}', '{"a": "linux", ' + ours + "}"),
+        ('{"a": "linux",}', '{"a": "linux", ' + ours + ",}"),
+        ('{\n    "a": "linux"\n  }', '{\n    "a": "linux",\n    "cloudX-*": "linux",\n    "cloudx-*": "linux"\n  }'),
+    ):
+        old = '{\n  "remote.SSH.remotePlatform": ' + inner + "\n}\n"
+        assert cp.edit_editor_settings(old, PATTERNS) == '{\n  "remote.SSH.remotePlatform": ' + edited + ",\n" + rest
+
+
 def test_only_the_digits_of_a_lower_timeout_change() -> None:
     old = '{\n  "remote.SSH.connectTimeout": 30, // was too short\n  "remote.SSH.serverInstallTimeout": 500,\n'
     old += '  "remote.SSH.remotePlatform": {"cloudX-*": "linux", "cloudx-*": "windows"}\n}\n'

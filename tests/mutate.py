@@ -202,13 +202,14 @@ def run_tests(work: Path, source: str, timeout: float, tests: list[str] | None =
             [sys.executable, "-m", "pytest", *(pytest_args(work) if tests is None else ["-x", "-q", *tests])],
             cwd=work,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             timeout=timeout,
             start_new_session=True,
         )
     except subprocess.TimeoutExpired:
         return "timeout", time.monotonic() - started
+    run_tests.last_output = proc.stdout.decode("utf-8", "replace")  # type: ignore[attr-defined]
     # 0: all passed (survived); 1: a test failed, 2: a test module failed to import (killed);
     # anything else (usage error, no tests): the run itself is broken, not scored.
     result = {0: "survived", 1: "killed", 2: "killed"}.get(proc.returncode, f"error {proc.returncode}")
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         baseline, took = run_tests(work, source, args.timeout, args.tests)
         if baseline != "survived":
+            print(getattr(run_tests, "last_output", "")[-3000:])
             print(f"the unmutated module does not pass the fast tests ({baseline}): nothing to measure")
             return 1
         print(f"unmutated: pass in {took:.0f} s", flush=True)

@@ -334,3 +334,29 @@ def test_a_generic_block_names_a_custom_prefix() -> None:
     assert parsed["generic"] == ["myco-*"] and list(parsed["environments"]) == ["dev"]
     assert parsed["environments"]["dev"]["options"] == {"profile": "p"}
     assert [(h["host"], h["name"], h["environment"]) for h in parsed["hosts"]] == [("myco-dev-web", "web", "dev")]
+
+
+def test_identity_answers_that_are_not_an_arn_are_refused() -> None:
+    for arn in (5, None, ["arn"], "arn:aws:iam::1:user/a\nb", "arn:aws:iam::1:user/\x1b[31m", "a" * 2049):
+        error = refused(lambda arn=arn: cp.parse_identity({"Arn": arn}))
+        assert error is not None and "invalid caller ARN" in error.message, arn
+    assert cp.parse_identity({"Arn": "a" * 2048}) == "a" * 2048
+
+
+def test_cache_dir_on_windows_is_under_localappdata(monkeypatch: Any) -> None:
+    import os
+    import types
+
+    # Only the module's view of os says Windows (pytest itself must not take its Windows paths).
+    monkeypatch.setattr(cp, "os", types.SimpleNamespace(name="nt", path=os.path))
+    assert cp.cache_dir({"LOCALAPPDATA": "/L", "XDG_CACHE_HOME": "/x"}, "/h") == os.path.join("/L", "cloudx-proxy")
+    assert cp.cache_dir({"XDG_CACHE_HOME": "/x"}, "/h") == os.path.join("/x", "cloudx-proxy"), "no LOCALAPPDATA"
+
+
+def test_user_known_hosts_file_with_several_files_is_not_quoted() -> None:
+    several = ("    UserKnownHostsFile /a/known ~/.ssh/k2 %d/k3 $HOME/k4\n", "UserKnownHostsFile=known /b\n")
+    for line in several:  # the first file may be relative; only the later ones decide
+        assert cp.requote_path_line(line) == line
+    assert cp.requote_path_line("    UserKnownHostsFile /Users/First Last/known\n") == (
+        '    UserKnownHostsFile "/Users/First Last/known"\n'
+    ), "a later word that cannot be a file: one path with a blank"

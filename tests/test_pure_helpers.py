@@ -360,3 +360,17 @@ def test_user_known_hosts_file_with_several_files_is_not_quoted() -> None:
     assert cp.requote_path_line("    UserKnownHostsFile /Users/First Last/known\n") == (
         '    UserKnownHostsFile "/Users/First Last/known"\n'
     ), "a later word that cannot be a file: one path with a blank"
+
+
+GENERIC = [("generic", "cloudX-*", cp.render_generic_block("cloudX"))]
+GENERIC_TEXT = cp.render_banner("generic", "W") + cp.render_generic_block("cloudX")
+
+
+def test_a_block_appended_after_a_blank_line_gets_no_second_one() -> None:
+    for text in ("Host a\n    User b\n\n", "Host a\n    User b\n", "Host a\n    User b"):
+        assert cp.merge_config(text, GENERIC, set(), "W")[0] == "Host a\n    User b\n\n" + GENERIC_TEXT, repr(text)
+
+
+def test_the_originals_header_stays_when_no_block_of_the_original_is_adopted() -> None:
+    text = "# SSH Configuration - Managed by cloudx-proxy v0.17.6\n\nHost mybox\n    User me\n"
+    assert cp.merge_config(text, GENERIC, set(), "W")[0] == text + "\n" + GENERIC_TEXT

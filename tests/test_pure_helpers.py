@@ -374,3 +374,15 @@ def test_a_block_appended_after_a_blank_line_gets_no_second_one() -> None:
 def test_the_originals_header_stays_when_no_block_of_the_original_is_adopted() -> None:
     text = "# SSH Configuration - Managed by cloudx-proxy v0.17.6\n\nHost mybox\n    User me\n"
     assert cp.merge_config(text, GENERIC, set(), "W")[0] == text + "\n" + GENERIC_TEXT
+
+
+def test_an_adopted_proxy_command_gets_our_banner_above_its_block() -> None:
+    program = ["/usr/bin/python3", "/x.pyz"]
+    text, notes = cp.adopt_config("Host cloudx-dev-*\n    ProxyCommand uvx cloudx-proxy connect %h %p\n", program, "W")
+    assert text == (
+        "# Created by cloudX-proxy v0.1.0 on W\n# Configuration type: environment\n"
+        "Host cloudx-dev-*\n    ProxyCommand /usr/bin/python3 /x.pyz connect %h %p --user %r\n"
+    ).replace("v0.1.0", f"v{cp.__version__}")
+    assert len(notes) == 1
+    mine = "Host cloudx-dev-*\n    ProxyCommand nc %h %p\n"
+    assert cp.adopt_config(mine, program, "W") == (mine, []), "not the original's: left alone"

@@ -386,3 +386,15 @@ def test_an_adopted_proxy_command_gets_our_banner_above_its_block() -> None:
     assert len(notes) == 1
     mine = "Host cloudx-dev-*\n    ProxyCommand nc %h %p\n"
     assert cp.adopt_config(mine, program, "W") == (mine, []), "not the original's: left alone"
+
+
+def test_env_settings_unquote_paths_but_not_the_proxy_command() -> None:
+    lines = ["Host cloudX-dev-*\n", '    IdentityFile "/a b/k"\n', '    IdentityAgent "/s o/ck"\n']
+    lines.append('    ProxyCommand "/p q/x" connect %h %p --profile p\n')
+    identity, agent, proxy = cp.env_settings(lines, "/home/u")
+    assert identity == ["/a b/k"] and agent == ["/s o/ck"]
+    assert proxy == (["/p q/x"], ("p", "cloudX", "/home/u/.ssh/cloudX", ""))
+    assert cp.env_settings(['    ProxyCommand "x connect %h %p --profile p"\n'], "/h")[2] == (
+        ["x connect %h %p --profile p"],
+        ("cloudX", "cloudX", "/h/.ssh/cloudX", ""),
+    ), "the shell reads a quoted ProxyCommand as one word: no connect, no options"

@@ -53,6 +53,10 @@ EQUIVALENT: dict[str, str] = {
     "line 1108:70: 3 -> 2: if pattern in replace and set_owned_lines(target, kind, lines[3:], newline):": (
         "lines[2] is the rendered Host line; 'host' is no OWNED_KEYWORDS entry, so set_owned_lines skips it"
     ),
+    'line 1727:34: 0 -> 1: line_start = text.rfind("\\n", 0, close) + 1': (
+        "differs only when the one line break before close is at 0; then obj.start >= 1, so "
+        "'line_start > obj.start' is false for line_start 1 and 0 alike"
+    ),
 }
 
 

@@ -398,3 +398,8 @@ def test_env_settings_unquote_paths_but_not_the_proxy_command() -> None:
         ["x connect %h %p --profile p"],
         ("cloudX", "cloudX", "/h/.ssh/cloudX", ""),
     ), "the shell reads a quoted ProxyCommand as one word: no connect, no options"
+
+
+def test_an_environment_lists_its_own_spellings_only() -> None:
+    parsed = cp.parse_cloudx_config("Host cloudx-dev-* cloudX-dev-* mine-*\n    ProxyCommand x connect %h %p\n")
+    assert parsed["environments"]["dev"]["patterns"] == ["cloudx-dev-*", "cloudX-dev-*"]

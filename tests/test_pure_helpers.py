@@ -403,3 +403,17 @@ def test_env_settings_unquote_paths_but_not_the_proxy_command() -> None:
 def test_an_environment_lists_its_own_spellings_only() -> None:
     parsed = cp.parse_cloudx_config("Host cloudx-dev-* cloudX-dev-* mine-*\n    ProxyCommand x connect %h %p\n")
     assert parsed["environments"]["dev"]["patterns"] == ["cloudx-dev-*", "cloudX-dev-*"]
+
+
+def test_config_values_are_quoted_as_ssh_reads_them() -> None:
+    assert cp.validate_config_path("--ssh-dir", "/a b/c%d") == "/a b/c%d"
+    assert cp.quote_config_value("/k/50%/key") == "/k/50%%/key", "'%' doubled by default"
+    assert cp.quote_config_value("/k/50%/key", percent=False) == "/k/50%/key"
+    assert cp.quote_config_value('/a b/"c"\\d') == '"/a b/\\"c\\"\\\\d"'
+    assert cp.quote_config_value("") == '""' and cp.quote_config_value("#x") == '"#x"'
+    assert cp.render_identity("/k/50% off/key", None) == ['IdentityFile "/k/50%% off/key"', "IdentitiesOnly yes"]
+
+
+def test_a_blocks_body_is_its_meaningful_lines() -> None:
+    block = cp.ConfigBlock("host", "a", ["# Created by x\n", "Host   a\n", "\n", "  # mine\n", "    User\tb  \n"])
+    assert block.body() == ["Host a", "User b"]

@@ -230,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="seed of the sample (default 1)")
     p.add_argument("--only", type=int, action="append", default=[], help="run mutant number N (repeatable)")
     p.add_argument("--list", action="store_true", help="print every mutant with its number and exit")
-    p.add_argument("--timeout", type=float, default=900, help="seconds per mutant before it counts as killed")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds per mutant before it counts as killed (an endless loop); default 5 times the unmutated run, >= 300",
+    )
     p.add_argument(
         "--tests", nargs="+", metavar="TEST", help="run only these pytest arguments (to see a new test kill a mutant)"
     )
@@ -255,15 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     selection = " ".join(pytest_args(work) if args.tests is None else args.tests)
     print(f"{len(chosen)} of {len(numbered)} mutants; pytest {selection}", flush=True)
     try:
-        baseline, took = run_tests(work, source, args.timeout, args.tests)
+        baseline, took = run_tests(work, source, args.timeout or 3600, args.tests)
         if baseline != "survived":
             print(getattr(run_tests, "last_output", "")[-3000:])
             print(f"the unmutated module does not pass the fast tests ({baseline}): nothing to measure")
             return 1
-        print(f"unmutated: pass in {took:.0f} s", flush=True)
+        timeout = args.timeout or max(300.0, 5 * took)
+        print(f"unmutated: pass in {took:.0f} s; a mutant's run is stopped after {timeout:.0f} s", flush=True)
         survivors, equivalent, errors = [], [], []
         for n, (i, m) in enumerate(chosen, 1):
-            result, took = run_tests(work, apply(source, m), args.timeout, args.tests)
+            result, took = run_tests(work, apply(source, m), timeout, args.tests)
             desc = m.describe(lines)
             if result == "survived" and desc in EQUIVALENT:
                 result = "equivalent"

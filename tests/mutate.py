@@ -57,6 +57,9 @@ EQUIVALENT: dict[str, str] = {
         "differs only when the one line break before close is at 0; then obj.start >= 1, so "
         "'line_start > obj.start' is false for line_start 1 and 0 alike"
     ),
+    'line 1339:47: 1 -> 0: words = words[words.index("connect") + 1 :]': (
+        "the one word more is 'connect' itself, which is no flag: the (flag, value) pairs read are the same"
+    ),
 }
 
 

@@ -417,3 +417,23 @@ def test_config_values_are_quoted_as_ssh_reads_them() -> None:
 def test_a_blocks_body_is_its_meaningful_lines() -> None:
     block = cp.ConfigBlock("host", "a", ["# Created by x\n", "Host   a\n", "\n", "  # mine\n", "    User\tb  \n"])
     assert block.body() == ["Host a", "User b"]
+
+
+def test_host_list_says_when_there_is_nothing_to_list() -> None:
+    empty, one = cp.parse_cloudx_config(""), cp.parse_cloudx_config("Host cloudX-dev-web\n    HostName i-1\n")
+    usage = "Usage:\n  Connect with SSH:  ssh <hostname>\n"
+    head = "=== cloudX-proxy Configured Hosts ===\n\n"
+    assert cp.render_host_list(empty, None, False) == head + "No cloudX hosts configured.\n\n" + usage
+    assert (
+        cp.render_host_list(one, "prod", False) == head + "No cloudX hosts configured in environment prod.\n\n" + usage
+    )
+    assert cp.render_host_list(one, None, False) == head + "Environment: dev\n  web (cloudX-dev-web, i-1)\n\n" + usage
+
+
+def test_members_are_indented_as_the_first_member_that_starts_a_line() -> None:
+    edited = cp.edit_editor_settings('{"x": [1,\n 2], "y": 3,\n  "z": 4\n}\n', cp.editor_patterns("cloudX"))
+    assert edited == (
+        '{"x": [1,\n 2], "y": 3,\n  "z": 4,\n  "remote.SSH.connectTimeout": 90,\n'
+        '  "remote.SSH.serverInstallTimeout": 120,\n'
+        '  "remote.SSH.remotePlatform": {\n    "cloudX-*": "linux",\n    "cloudx-*": "linux"\n  }\n}\n'
+    )

@@ -56,15 +56,18 @@ def refused(call: Callable[[], Any]) -> cp.CloudxError | None:
 
 # --- validators: documented formats, near misses -----------------------------------------------
 HEX = "0123456789abcdefABCDEF"
-ids = st.one_of(
-    st.builds(lambda n, d: "i-" + d[:n], st.sampled_from([8, 17]), st.text(st.sampled_from(HEX), min_size=17)),
-    st.builds(lambda n, d: "i-" + d[:n], st.sampled_from([7, 9, 16, 18]), st.text(st.sampled_from(HEX), min_size=18)),
-    st.builds(
-        lambda p, d: p + d,
-        st.sampled_from(["I-", "i_", "", "i-g", " i-"]),
-        st.text(st.sampled_from(HEX), min_size=8, max_size=8),
-    ),
-)
+
+
+def make_id(kind: int, digits: str) -> str:
+    """0-5: 'i-' and 8 or 17 hex digits (any case); 6, 7: a digit too few or too many; 8, 9: a wrong start."""
+    if kind < 6:
+        return "i-" + digits[: (8, 17)[kind % 2]]
+    if kind < 8:
+        return "i-" + digits[: (7, 9, 16, 18)[kind % 2 + 2 * (len(digits) % 2)]]
+    return ("I_", " i-", "i-g", "")[len(digits) % 4] + digits[:8]
+
+
+ids = st.builds(make_id, st.integers(0, 9), st.text(st.sampled_from(HEX), min_size=18, max_size=24))
 
 
 @with_strategies(value=ids)
@@ -82,7 +85,7 @@ def check_instance_id(value: str) -> str:
 
 def test_instance_ids() -> None:
     seen = outcomes(check_instance_id)
-    assert seen["accepted"] > seen["refused"] / 2 > 0, seen
+    assert seen["accepted"] > seen["refused"] / 2 > 0, seen  # about 3 in 5 accepted
 
 
 REGIONS = ["eu-west-1", "us-east-1", "ap-southeast-2", "us-gov-west-1", "eu-central-2", "il-central-1"]
@@ -205,7 +208,7 @@ def check_previous_state(states: list[str]) -> str:
 
 def test_previous_state_is_the_first_entry() -> None:
     seen = outcomes(check_previous_state)
-    assert seen["state"] > seen["none"] > 0, seen
+    assert seen["state"] > 0 and seen["none"] > 0, seen
 
 
 tag_keys = st.sampled_from(["Name", "Environment", "cloudX:environment", "owner", "a b"])
@@ -221,7 +224,7 @@ def check_tags(pairs: list[tuple[str, str]]) -> str:
 
 def test_tags_are_read_as_given() -> None:
     seen = outcomes(check_tags)
-    assert seen["tags"] > seen["none"] > 0, seen
+    assert seen["tags"] > 0 and seen["none"] > 0, seen
 
 
 ARN_USERS = st.text(st.sampled_from("abcdXYZ-_.@+=,09"), min_size=1, max_size=20)

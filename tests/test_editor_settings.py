@@ -591,3 +591,9 @@ def test_property_the_file_is_edited_cleanly_or_left_byte_for_byte(tmp_path: Pat
         else:
             assert canonical(oracle(after)[1]) == canonical(with_ours(oracle(text)[1]))
             assert_edit_ok(text, after)
+
+
+def test_a_crlf_file_that_starts_with_an_empty_line_stays_crlf() -> None:
+    new = cp.edit_editor_settings('\r\n{\r\n  "a": 1\r\n}\r\n', PATTERNS)
+    assert new.startswith('\r\n{\r\n  "a": 1,\r\n  "remote.SSH.connectTimeout": 90,\r\n')
+    assert "\n" not in new.replace("\r\n", ""), "no bare LF"

@@ -60,6 +60,9 @@ EQUIVALENT: dict[str, str] = {
     'line 1339:47: 1 -> 0: words = words[words.index("connect") + 1 :]': (
         "the one word more is 'connect' itself, which is no flag: the (flag, value) pairs read are the same"
     ),
+    'line 1767:40: 0 -> 1: trail = "," if root.trailing >= 0 else ""': (
+        "a trailing comma follows the object's '{' and a member, so its index is never 0"
+    ),
 }
 
 

@@ -14,9 +14,12 @@ host of the environment setup wrote runs our ProxyCommand.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -212,37 +215,64 @@ def test_cleanup_and_adoption_keep_what_ssh_resolves(tmp: Path, text: str) -> No
     assert cp.canonical_config(converted, WHEN, "cloudx")[0] == converted
 
 
-def setup_merge(text: str, prefix: str = "cloudX") -> str:
-    """What setup's config step (setup_config) writes for host 'new' in environment dev, env block replaced."""
-    adopted, _ = cp.adopt_config(text, PROGRAM, WHEN)
-    prefix = cp.config_prefix(adopted) or prefix
-    env, host = cp.existing_names(adopted, prefix, "dev", "new")
-    spellings = cp.prefix_spellings(prefix)
-    proxy = cp.render_proxy_command(PROGRAM, "cloudX", "cloudX", "/k", None)
-    generic = cp.render_generic_block(prefix).replace(
-        f"Host {prefix}-*", "Host " + " ".join(f"{p}-*" for p in spellings)
-    )
-    env_block = cp.render_env_block(prefix, env, cp.render_identity("/k/a b", None), proxy)
-    env_block = env_block.replace(f"Host {prefix}-{env}-*", "Host " + " ".join(f"{p}-{env}-*" for p in spellings))
-    blocks = [
-        ("generic", f"{prefix}-*", generic),
-        ("environment", f"{prefix}-{env}-*", env_block),
-        ("host", host, cp.render_host_block(prefix, env, "new", "i-0123456789abcdef0")),
-    ]
-    return cp.merge_config(adopted, blocks, {host, f"{prefix}-{env}-*"}, WHEN)[0]
+def run_setup_config(home: Path, text: str, replace: bool) -> str:
+    """What setup's real config step (setup_config) writes over `text` for host 'new' in environment dev.
+
+    The user answers 'replace' or, with --yes, keeps an environment block that differs from setup's. The
+    prefix is what Setup finds (no --ssh-host-prefix); only the program's argv is fixed (setup_program).
+    """
+    config = home / ".ssh" / "cloudX" / "config"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(text)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        mp.setattr(cp, "setup_program", lambda s: PROGRAM)
+        args = dict(profile="cloudX", ssh_key="cloudX", ssh_config=None, ssh_dir=None, aws_env=None, op_vault=None)
+        args.update(instance=None, hostname=None, environment=None, ssh_host_prefix=None, yes=not replace)
+        s = cp.Setup(Namespace(**args, dry_run=False), {})
+        s.when = WHEN
+        mp.setattr(s, "ask", lambda question, default: "r")
+        cp.setup_config(s, "dev", "new", "i-0123456789abcdef0")
+    return config.read_text()
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=configs())
-@example(text=MYBOX_CATCH_ALL)
-def test_setup_serves_our_hosts_and_keeps_the_users(tmp: Path, text: str) -> None:
-    merged = setup_merge(text)
+@given(text=configs(), replace=st.booleans())
+@example(text=MYBOX_CATCH_ALL, replace=False)
+@example(text=ENVIRONMENT[1] + "\n" + HOST[0], replace=True)
+def test_setup_serves_our_hosts_and_keeps_the_users(tmp: Path, text: str, replace: bool) -> None:
+    home = Path(tempfile.mkdtemp(dir=tmp))
+    merged = run_setup_config(home, text, replace)
     new = cp.existing_names(merged, cp.config_prefix(merged) or "cloudX", "dev", "new")[1]
     hosts = [h for h in HOSTS if h.lower().startswith("cloudx-dev-")] + [new]
     before, after = resolve(tmp, [quoted_by_hand(text), merged], HOSTS + [new])
     assert read_by_ssh(after), (text, merged)
     for host in NOT_OURS:
         assert after[host] == before[host], (host, text, merged)
-    for host in hosts:
-        assert runs_connect(after[host], PROGRAM[0]), (host, text, merged)
-    assert setup_merge(merged) == merged, "a second setup changes nothing"
+    if replace or not kept_block_without_proxy(text):  # else the bug pinned below
+        for host in hosts:
+            assert runs_connect(after[host], PROGRAM[0]), (host, text, merged)
+    if replace:  # the environment block ssh uses for dev hosts is setup's own: its key is offered
+        assert f"identityfile {home}/.ssh/cloudX/cloudX" in after[new], (text, merged)
+    assert run_setup_config(home, merged, replace) == merged, "a second setup changes nothing"
+
+
+def kept_block_without_proxy(text: str) -> bool:
+    """The config has a Host block for the dev environment's hosts (either spelling) with no ProxyCommand."""
+    for block in re.split(r"\n(?=[ \t]*(?:Host|Match)\b)", text):
+        head, _, body = block.lstrip().partition("\n")
+        if head.split()[1:2] and "cloudx-dev-*" in head.lower().split()[1:] and "proxycommand" not in body.lower():
+            return True
+    return False
+
+
+@pytest.mark.xfail(strict=True, reason="setup --yes keeps a differing environment block even without a ProxyCommand")
+def test_setup_yes_over_a_proxyless_environment_block_serves_the_new_host(tmp: Path) -> None:
+    """Found when the property above ran the real setup_config instead of a copy that always replaced the
+    block: the user's 'Host cloudx-dev-*' (User, IdentityFile, no ProxyCommand) is kept as the environment
+    block, so the host just added has no way in. Fixing setup_config turns this XPASS into a failure: then
+    drop the xfail and the kept_block_without_proxy() exception above."""
+    home = Path(tempfile.mkdtemp(dir=tmp))
+    merged = run_setup_config(home, FOREIGN[1], replace=False)
+    (after,) = resolve(tmp, [merged], ["cloudx-dev-new"])
+    assert runs_connect(after["cloudx-dev-new"], PROGRAM[0]), merged

@@ -455,10 +455,45 @@ def include_ok(path: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("parts", list(KNOWN_BAD_PATHS.values()), ids=list(KNOWN_BAD_PATHS))
-def test_known_bad_paths_round_trip(ssh_base: Path, parts: list[str]) -> None:
-    """Each path here once failed one of the three properties above; all three must hold for it."""
+# What setup answers for each known-bad path: None (accepted, so it must round-trip) or the reason it is
+# refused, as --ssh-dir/--ssh-config and as the Include line's target.
+BACKSLASH, GLOB = "a backslash there cannot be carried", "glob characters (*?[]) cannot be carried"
+LINE_BREAK, DOLLAR_BRACE = "a line break cannot be carried", "'${' cannot be carried"
+KNOWN_BAD_OUTCOME: dict[str, tuple[str | None, str | None]] = {
+    "quote-bare-single-quote": (None, None),
+    "quote-double-backslash": (BACKSLASH, BACKSLASH),
+    "dollar-brace-env-var": (DOLLAR_BRACE, DOLLAR_BRACE),
+    "python-line-break-x0b": (LINE_BREAK, LINE_BREAK),
+    "python-line-break-u2028": (LINE_BREAK, LINE_BREAK),
+    "include-glob-bracket": (None, GLOB),
+    "include-percent": (None, None),
+    "include-backslash": (None, BACKSLASH),
+    "include-quotes": (None, None),
+}
+
+
+def refusal(path: str, include: bool) -> str | None:
+    """None when setup accepts the path (as a config path, or as an Include target), else its message."""
+    try:
+        assert cp.validate_config_path("--ssh-config", path, include) == path
+    except cp.CloudxError as e:
+        assert e.exit_code == cp.EXIT_USAGE
+        return e.message
+    return None
+
+
+@pytest.mark.parametrize("name", list(KNOWN_BAD_PATHS))
+def test_known_bad_paths_round_trip(ssh_base: Path, name: str) -> None:
+    """Each path here once failed one of the three properties above: now setup refuses it with the reason
+    given in KNOWN_BAD_OUTCOME, or all three hold for it."""
+    parts = KNOWN_BAD_PATHS[name]
+    want_config, want_include = KNOWN_BAD_OUTCOME[name]
+    config = os.path.join(str(ssh_base), *parts, "config")
+    for include, want in ((False, want_config), (True, want_include)):
+        got = refusal(config, include)
+        assert (got is None) == (want is None) and (want is None or want in (got or "")), (include, got)
     case = Case.make(ssh_base, parts, "cloudX", "cloudX", None)
+    assert (case is None) == (want_config is not None)
     if case is None:
         return
     try:
@@ -471,7 +506,8 @@ def test_known_bad_paths_round_trip(ssh_base: Path, parts: list[str]) -> None:
             sys.executable,
             *case.expected_argv(),
         ]
-        if include_ok(case.config):  # else setup refuses the path for an Include: no promise made
+        assert include_ok(case.config) == (want_include is None)
+        if want_include is None:
             main = os.path.join(case.tmp, "main_config")
             Path(main).write_bytes((cp.insert_include("", case.config) or "").encode("utf-8"))
             assert case.ssh_g(main)["hostname"] == [IID], "the Include does not reach the config"
@@ -717,25 +753,27 @@ def test_include_goes_above_the_first_section_once(text: str, path: str) -> None
 # ---------------------------------------------------------------------------
 # 4. The real CLI on hostile input
 # ---------------------------------------------------------------------------
-PWNED = "/tmp/cloudx-proxy-pwned-XYZ"
+# @TOUCH@ becomes "/usr/bin/touch <the test's own marker file>": an absolute path, so an injection that
+# reached a shell would run whatever PATH holds (the child's PATH is a directory holding only `touch`).
+TOUCH = shutil.which("touch") or "/usr/bin/touch"
 HOSTILE: dict[str, list[Any]] = {
-    "iid-semicolon": ["connect", f"{IID};touch {PWNED}"],
-    "iid-command-subst": ["connect", f"$(touch {PWNED})"],
+    "iid-semicolon": ["connect", f"{IID};@TOUCH@"],
+    "iid-command-subst": ["connect", "$(@TOUCH@)"],
     "iid-trailing-newline": ["connect", IID + "\n"],
-    "profile-command-subst": ["connect", IID, "22", "--profile", f"$(touch {PWNED})"],
+    "profile-command-subst": ["connect", IID, "22", "--profile", "$(@TOUCH@)"],
     "profile-newline": ["connect", IID, "--profile", "cloud\nX"],
     "key-path-traversal": ["connect", IID, "--ssh-key", "../../etc/passwd"],
     "aws-env-unicode": ["connect", IID, "--aws-env", "dév😀"],
     "port-out-of-range": ["connect", IID, "65536"],
-    "region-injection": ["connect", IID, "--region", "eu-west-1; rm -rf /"],
-    "user-backticks": ["connect", IID, "--user", f"`touch {PWNED}`"],
+    "region-injection": ["connect", IID, "--region", "eu-west-1; @TOUCH@"],
+    "user-backticks": ["connect", IID, "--user", "`@TOUCH@`"],
     "timeout-nan": ["connect", IID, "--timeout", "nan"],
     "ssh-dir-newline": ["connect", IID, "--ssh-dir", "/tmp/a\nb"],
     "profile-not-utf8": [b"connect", IID.encode(), b"--profile", b"\xff\xfe"],
     "unknown-option": ["connect", IID, "--bogus"],
-    "setup-profile-command-subst": ["setup", "--profile", f"$(touch {PWNED})", "--yes"],
+    "setup-profile-command-subst": ["setup", "--profile", "$(@TOUCH@)", "--yes"],
     "setup-key-slash": ["setup", "--ssh-key", "a/b", "--yes"],
-    "setup-hostname-semicolon": ["setup", "--hostname", "web;id", "--yes"],
+    "setup-hostname-semicolon": ["setup", "--hostname", "web;@TOUCH@", "--yes"],
     "setup-environment-unicode": ["setup", "--environment", "dév", "--yes"],
     "setup-prefix-option": ["setup", "--ssh-host-prefix", "-oProxyCommand=sh", "--yes"],
     "setup-ssh-dir-quote": ["setup", "--ssh-dir", '/tmp/a"b', "--yes"],
@@ -752,14 +790,32 @@ def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
+def hostile_env(tmp_path: Path) -> tuple[dict[str, str], Path, Path]:
+    """(env, home, marker): PATH holds only `touch`, so an injected command would run; nothing made the marker."""
+    home, bin_dir = tmp_path / "home", tmp_path / "bin"
+    home.mkdir()
+    bin_dir.mkdir()
+    os.symlink(TOUCH, bin_dir / "touch")
+    return {"HOME": str(home), "PATH": str(bin_dir), "LANG": "C.UTF-8"}, home, tmp_path / "pwned"
+
+
+def injection_works(value: str, env: dict[str, str], cwd: Path, marker: Path) -> bool:
+    """Positive control: the same value through a deliberately unsafe route (a shell word, unquoted)
+    does create the marker, so its absence after the real run means something."""
+    assert not marker.exists()
+    subprocess.run(["/bin/sh", "-c", f"true {value}"], env=env, cwd=cwd, capture_output=True, timeout=30)
+    made = marker.exists()
+    if made:
+        marker.unlink()
+    return made
+
+
 @pytest.mark.parametrize("args", list(HOSTILE.values()), ids=list(HOSTILE))
 def test_cli_rejects_hostile_input_with_one_line(tmp_path: Path, args: list[Any]) -> None:
-    home, bin_dir, cwd = tmp_path / "home", tmp_path / "bin", tmp_path / "cwd"
-    for d in (home, bin_dir, cwd):
-        d.mkdir()
-    if os.path.exists(PWNED):
-        os.unlink(PWNED)
-    env = {"HOME": str(home), "PATH": str(bin_dir), "LANG": "C.UTF-8"}
+    env, home, marker = hostile_env(tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = [a.replace("@TOUCH@", f"{TOUCH} {marker}") if isinstance(a, str) else a for a in args]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "cloudx_proxy.py"), *args], capture_output=True, env=env, cwd=cwd, timeout=60
     )
@@ -770,22 +826,22 @@ def test_cli_rejects_hostile_input_with_one_line(tmp_path: Path, args: list[Any]
     assert "Traceback" not in err
     assert [f for f in files_under(home) if not f.startswith(".cache")] == []
     assert files_under(cwd) == []
-    assert not os.path.exists(PWNED)
+    assert not marker.exists(), "the injected command ran"
+    for a in args:
+        if isinstance(a, str) and str(marker) in a:
+            assert injection_works(a, env, cwd, marker), f"{a!r} would not run `touch` even through a shell"
 
 
-@pytest.mark.parametrize("value", ["$(touch {p})", "`touch {p}`", "a b; touch {p}", "x'y\"z|touch {p}"])
+@pytest.mark.parametrize("value", ["$(touch {p})", "`touch {p}`", "a b; touch {p}", "x'y\"z'|touch {p}"])
 def test_dry_run_connect_with_hostile_paths_runs_nothing(tmp_path: Path, value: str) -> None:
     """Paths are free-form and accepted; they must reach no shell (connect --dry-run calls nothing)."""
-    home, bin_dir = tmp_path / "home", tmp_path / "bin"
-    home.mkdir()
-    bin_dir.mkdir()
-    marker = tmp_path / "pwned"
+    env, home, marker = hostile_env(tmp_path)
     bad = value.format(p=marker)
-    env = {"HOME": str(home), "PATH": str(bin_dir), "LANG": "C.UTF-8"}
+    assert injection_works(bad, env, tmp_path, marker), f"{bad!r} would not run `touch` even through a shell"
     argv = [sys.executable, str(ROOT / "cloudx_proxy.py"), "connect", IID, "--ssh-dir", bad, "--dry-run"]
     proc = subprocess.run(argv, capture_output=True, env=env, cwd=tmp_path, timeout=60)
     err = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 0, err
     assert shlex.quote(os.path.join(bad, "cloudX.pub")) in err or os.path.join(bad, "cloudX.pub") in err
-    assert not marker.exists()
+    assert not marker.exists(), "the injected command ran"
     assert [f for f in files_under(home) if not f.startswith(".cache")] == []

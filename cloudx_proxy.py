@@ -1115,7 +1115,7 @@ def merge_config(
             notes.append(f"added {kind} block Host {' '.join(spellings)}{where}")
             continue
         target = existing[0]
-        changed = False
+        changed = grew = False  # grew: a kept block got a line it lacked (no new banner then)
         if kind != "host":
             added = _add_patterns(target, spellings, newline)
             if added:
@@ -1130,14 +1130,14 @@ def merge_config(
                     if all(not ln.strip() or (parse_directive(ln) or ("",))[0] == "hostname" for ln in rest):
                         blocks.remove(dup)
         elif kind == "environment" and not _directive_indexes(target, "proxycommand"):
-            # Kept, but without a ProxyCommand its hosts have no way in: ours joins the user's lines.
+            # Kept (banner too), but without a ProxyCommand its hosts have no way in: ours joins its lines.
             set_owned_lines(target, kind, lines[3:], newline, ("proxycommand",))
-            changed = True
             notes.append(f"added our ProxyCommand to the kept environment block Host {pattern} (it had none)")
+            grew = True
         if target.original_banner():
             adopted = True
             notes.append(f"adopted {kind} block Host {' '.join(target.words())}, written by PyPI cloudx-proxy")
-        elif not changed:
+        elif not changed and not grew:
             notes.append(f"kept {kind} block Host {pattern}")
         if changed or target.original_banner():
             _set_banner(target, kind, when, newline)

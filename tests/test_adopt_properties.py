@@ -14,7 +14,6 @@ host of the environment setup wrote runs our ProxyCommand.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -249,29 +248,17 @@ def test_setup_serves_our_hosts_and_keeps_the_users(tmp: Path, text: str, replac
     assert read_by_ssh(after), (text, merged)
     for host in NOT_OURS:
         assert after[host] == before[host], (host, text, merged)
-    if replace or not kept_block_without_proxy(text):  # else the bug pinned below
-        for host in hosts:
-            assert runs_connect(after[host], PROGRAM[0]), (host, text, merged)
+    for host in hosts:  # a kept environment block without a ProxyCommand gets ours
+        assert runs_connect(after[host], PROGRAM[0]), (host, text, merged)
     if replace:  # the environment block ssh uses for dev hosts is setup's own: its key is offered
         assert f"identityfile {home}/.ssh/cloudX/cloudX" in after[new], (text, merged)
     assert run_setup_config(home, merged, replace) == merged, "a second setup changes nothing"
 
 
-def kept_block_without_proxy(text: str) -> bool:
-    """The config has a Host block for the dev environment's hosts (either spelling) with no ProxyCommand."""
-    for block in re.split(r"\n(?=[ \t]*(?:Host|Match)\b)", text):
-        head, _, body = block.lstrip().partition("\n")
-        if head.split()[1:2] and "cloudx-dev-*" in head.lower().split()[1:] and "proxycommand" not in body.lower():
-            return True
-    return False
-
-
-@pytest.mark.xfail(strict=True, reason="setup --yes keeps a differing environment block even without a ProxyCommand")
 def test_setup_yes_over_a_proxyless_environment_block_serves_the_new_host(tmp: Path) -> None:
     """Found when the property above ran the real setup_config instead of a copy that always replaced the
-    block: the user's 'Host cloudx-dev-*' (User, IdentityFile, no ProxyCommand) is kept as the environment
-    block, so the host just added has no way in. Fixing setup_config turns this XPASS into a failure: then
-    drop the xfail and the kept_block_without_proxy() exception above."""
+    block: the user's 'Host cloudx-dev-*' (User, IdentityFile, no ProxyCommand) was kept as the environment
+    block, so the host just added had no way in. Kept now, with our ProxyCommand added to it."""
     home = Path(tempfile.mkdtemp(dir=tmp))
     merged = run_setup_config(home, FOREIGN[1], replace=False)
     (after,) = resolve(tmp, [merged], ["cloudx-dev-new"])

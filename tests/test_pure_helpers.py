@@ -350,8 +350,8 @@ def test_cache_dir_on_windows_is_under_localappdata(monkeypatch: Any) -> None:
     import os
     import types
 
-    # Only the module's view of os says Windows (pytest itself must not take its Windows paths).
-    monkeypatch.setattr(cp, "os", types.SimpleNamespace(name="nt", path=os.path))
+    # Only the module's view of sys says Windows (pytest itself must not take its Windows paths).
+    monkeypatch.setattr(cp, "sys", types.SimpleNamespace(platform="win32"))
     assert cp.cache_dir({"LOCALAPPDATA": "/L", "XDG_CACHE_HOME": "/x"}, "/h") == os.path.join("/L", "cloudx-proxy")
     assert cp.cache_dir({"XDG_CACHE_HOME": "/x"}, "/h") == os.path.join("/x", "cloudx-proxy"), "no LOCALAPPDATA"
 

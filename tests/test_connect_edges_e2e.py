@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 import cloudx_proxy as cp  # noqa: E402
 
 AWS = ["v1", "v1old", "v2"]
+FRONTS = ("itself", "wrapper", "bypass")
 
 
 def proxy(pyz: Path, args: str = "") -> str:
@@ -94,9 +95,9 @@ def open_sessions(rig: Rig, iid: str) -> list[str]:
 
 
 # --- 1. no SSH byte before the key -------------------------------------------------------
-CASES = [(aws, front, "plain") for aws in AWS for front in ("itself", "wrapper", "bypass")] + [
-    ("v1", "wrapper", cache) for cache in ("colon:dir", "dollar$HOME", "a space")
-]
+# Every aws with aws itself, a wrapper and a shim; the wrapper cases each with an odd cache path.
+ODD_CACHE = {"v1": "colon:dir", "v1old": "dollar$HOME", "v2": "a space"}
+CASES = [(aws, front, ODD_CACHE[aws] if front == "wrapper" else "plain") for aws in AWS for front in FRONTS]
 
 
 @pytest.mark.parametrize(("aws", "front", "cache"), CASES, ids=["-".join(c) for c in CASES])
@@ -159,6 +160,7 @@ def test_a_session_beside_a_failed_push_is_terminated(
 ) -> None:
     """Every key push throttled: the push fails after its retries, the session it started beside is ended."""
     env = rig.env(home)
+    env["AWS_MAX_ATTEMPTS"] = "2"  # the user's choice wins over ours (5): the push fails sooner
     front_aws(rig, env, "v1", front, tmp_path / "front")
     iid = rig.add_instance()
     rig.fault("SendSSHPublicKey", code="ThrottlingException", message="Rate exceeded", count=50)
@@ -453,6 +455,7 @@ def test_a_signal_at_any_moment_gives_no_traceback_and_leaves_nothing(
     if moment == "stopping":  # aws runs the plugin, which fails at once: connect() returns, then the clean-up
         env.update(CLOUDX_PROXY_NO_HANDOFF="1", RIG_PLUGIN_MODE="early")
     if moment == "settling":
+        env["AWS_MAX_ATTEMPTS"] = "2"  # the push fails sooner
         rig.fault("SendSSHPublicKey", code="ThrottlingException", message="Rate exceeded", count=50)
     if moment == "spawning":
         rig.fault("SendSSHPublicKey", delay=60)  # the push's aws lives on unless we stop it

@@ -2990,6 +2990,11 @@ def session_id_of(args: list[str], response: str) -> str | None:
     return sid if isinstance(sid, str) and re.fullmatch(r"[A-Za-z0-9._:@+=-]{1,256}", sid) else None
 
 
+def handoff_wanted(env: Mapping[str, str]) -> bool:
+    """May this connect hand the session to the plugin (POSIX, CLOUDX_PROXY_NO_HANDOFF unset, empty or 0)?"""
+    return sys.platform != "win32" and env.get(NO_HANDOFF_ENV, "") in ("", "0")
+
+
 def stand_in_path(cache: str) -> str:
     """Where this version's stand-in lives: a directory named by the script's checksum."""
     import binascii
@@ -3124,7 +3129,7 @@ class ConnectRun:
         self.watch = aws.procs.watch
         self.cache = PushCache(plan, public_key)
         self.deadline = time.monotonic() + plan.timeout
-        handoff = sys.platform != "win32" and plan.env.get(NO_HANDOFF_ENV, "") in ("", "0")
+        handoff = handoff_wanted(plan.env)
         self.stand_in = stand_in_dir(plan.cache) if handoff else None
         self.pending: Session | None = None  # a session started beside a push still in flight
         self.session_started: float | None = None  # when ssh's bytes began to flow to a session
@@ -3429,7 +3434,7 @@ def connect_dry_run(plan: ConnectPlan) -> int:
         public_key, key = read_public_key(plan.pub_path), f"{plan.pub_path} (found)"
     except CloudxError as e:
         public_key, key = f"<{plan.pub_path}>", f"{plan.pub_path} ({e.message})"
-    handoff = sys.platform != "win32" and plan.env.get(NO_HANDOFF_ENV, "") in ("", "0") and plan.cache
+    handoff = handoff_wanted(plan.env) and plan.cache
     session = (
         f"through a stand-in in {stand_in_path(plan.cache)}, then this process becomes the plugin"
         if handoff

@@ -219,3 +219,24 @@ def find_python(version: str) -> Path | None:
         return found[-1]
     on_path = shutil.which(f"python{version}")
     return Path(on_path) if on_path and "/shims/" not in on_path else None
+
+
+# --- ssh while the test holds the instance ----------------------------------------------
+def ssh_released(
+    rig: Rig, home: Home, pyz: Path, iid: str, remote: str, waiting: Callable[[], object]
+) -> subprocess.CompletedProcess[str]:
+    """ssh IID REMOTE while the instance is held: once `waiting()` returns (connect is waiting), release it."""
+    proc = subprocess.Popen(
+        rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", remote),
+        env=rig.env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        waiting()
+        assert proc.poll() is None, "connect still waits for the held instance"
+        rig.release(iid)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -12,12 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import skip_or_fail
-from helpers import actions, find_python, live, live_pids, ssh
+from helpers import actions, find_python, live, live_pids, ssh, ssh_released
 from rig import Home, Rig, cmdline, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,26 +34,6 @@ def connect(
         text=True,
         timeout=timeout,
     )
-
-
-def ssh_released(
-    rig: Rig, home: Home, pyz: Path, iid: str, remote: str, waiting: Callable[[], object]
-) -> subprocess.CompletedProcess[str]:
-    """ssh IID REMOTE while the instance is held: once `waiting()` returns (connect is waiting), release it."""
-    proc = subprocess.Popen(
-        rig.ssh_argv(home, iid, f"{sys.executable} {pyz} connect %h %p", remote),
-        env=rig.env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        waiting()
-        assert proc.poll() is None, "connect still waits for the held instance"
-        rig.release(iid)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 # --- warm path ---------------------------------------------------------------

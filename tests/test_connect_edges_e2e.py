@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import live, wait_for
+from helpers import live, ssh_released, wait_for
 from rig import Home, Rig, cmdline, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -616,19 +616,10 @@ def test_a_stop_that_ends_between_the_refused_start_and_the_look_is_started(rig:
     iid = rig.add_instance(online_delay=1)
     rig.begin_stopping(iid)  # stopping until the test releases it
     rig.fault("DescribeInstances", delay=3)  # the look after the refused start: answered after the release
-    proc = subprocess.Popen(
-        rig.ssh_argv(home, iid, proxy(pyz), "echo started"), env=rig.env(home), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    res = ssh_released(
+        rig, home, pyz, iid, "echo started",
+        lambda: (rig.wait_for_call("StartInstances", iid), rig.wait_for_call("DescribeInstances", iid)),
     )  # fmt: skip
-    try:
-        rig.wait_for_call("StartInstances", iid)
-        rig.wait_for_call("DescribeInstances", iid)
-        rig.release(iid)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert out == "started\n"
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "started\n"
     assert [c["action"] for c in rig.calls() if c["action"] == "StartInstances"] == ["StartInstances"] * 2
